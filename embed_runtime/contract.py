@@ -1,0 +1,167 @@
+"""The artifact contract between the exporter and the runtime, defined once.
+
+An exported model is a plain ONNX file. What makes it an *embed-runtime* artifact is:
+
+* **Inputs**: one int64 tensor of shape ``(batch, seq)`` per model input, named after the Keras input
+  (``input_ids`` when Keras only had an automatic name such as ``keras_tensor``). ``batch`` is always
+  dynamic; ``seq`` is static when the Keras model fixes the length (``input_length=10`` or
+  ``Input(shape=(10,))``) and dynamic otherwise.
+* **Outputs**: the Keras outputs under the Keras output names, then one bool output per Embedding layer
+  with ``mask_zero=True``: named ``mask`` when the model has one such layer, ``<layer name>_mask`` when it
+  has several. A mask is ``ids != 0``, exactly Keras's ``Embedding.compute_mask``.
+* **Metadata** (ONNX ``metadata_props``, string to string), keys below. ``embed_runtime.embeddings`` is a
+  JSON list with one object per Embedding layer (see :class:`EmbeddingInfo`); the runtime uses it to reject
+  ids outside ``[0, input_dim)`` before onnxruntime sees them (ONNX ``Gather`` silently wraps negative ids).
+
+Other languages can read the same keys: they are plain strings and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FORMAT_VERSION = "1"
+"""Version of this contract; bumped when a key changes meaning."""
+
+PREFIX = "embed_runtime."
+KEY_FORMAT = PREFIX + "format"
+KEY_EMBEDDINGS = PREFIX + "embeddings"
+KEY_KERAS_VERSION = PREFIX + "keras_version"
+KEY_KERAS_FLAVOUR = PREFIX + "keras_flavour"
+KEY_TENSORFLOW_VERSION = PREFIX + "tensorflow_version"
+KEY_TF2ONNX_VERSION = PREFIX + "tf2onnx_version"
+KEY_EXPORTER_VERSION = PREFIX + "exporter_version"
+KEY_MAX_ABS_DIFF = PREFIX + "export_max_abs_diff"
+
+VERSION_KEYS = (
+    KEY_KERAS_VERSION,
+    KEY_KERAS_FLAVOUR,
+    KEY_TENSORFLOW_VERSION,
+    KEY_TF2ONNX_VERSION,
+    KEY_EXPORTER_VERSION,
+)
+
+DEFAULT_INPUT_NAME = "input_ids"
+"""Name given to a model input that Keras only named automatically."""
+
+MASK_OUTPUT_NAME = "mask"
+"""Name of the mask output when the model has exactly one Embedding with ``mask_zero=True``."""
+
+PADDING_ID = 0
+"""The id Keras treats as padding when ``mask_zero=True``."""
+
+ID_DTYPE = "int64"
+"""dtype of every id input in an exported graph."""
+
+MAX_IR_VERSION = 10
+"""Highest ONNX IR version the exporter writes (onnxruntime 1.30 and onnxruntime-node read it)."""
+
+
+def mask_output_name(layer_name: str, masked_layer_count: int) -> str:
+    """Name of the mask output of Embedding ``layer_name`` in a model with ``masked_layer_count``
+    Embedding layers that have ``mask_zero=True``."""
+    return MASK_OUTPUT_NAME if masked_layer_count == 1 else f"{layer_name}_mask"
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """What the artifact records about one Keras Embedding layer.
+
+    Attributes:
+        layer: the Keras layer name.
+        inputs: names of the graph inputs whose ids this layer looks up (several when the layer is shared).
+        input_dim: rows in the table; valid ids are ``0 <= id < input_dim``.
+        output_dim: width of one embedding vector.
+        mask_zero: whether id ``padding_id`` is padding and a mask output exists.
+        padding_id: ``0`` when ``mask_zero`` is true, else ``None``.
+        mask_output: name of the bool mask output, or ``None``.
+        dtype: numpy dtype name of the table (``float32``, ``float16``...).
+    """
+
+    layer: str
+    inputs: tuple[str, ...]
+    input_dim: int
+    output_dim: int
+    mask_zero: bool
+    padding_id: int | None
+    mask_output: str | None
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with the keys of this class."""
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EmbeddingInfo:
+        """Parse one entry of ``embed_runtime.embeddings``; raises ``ValueError`` naming a missing key."""
+        try:
+            return cls(
+                layer=str(d["layer"]),
+                inputs=tuple(str(n) for n in d["inputs"]),
+                input_dim=int(d["input_dim"]),
+                output_dim=int(d["output_dim"]),
+                mask_zero=bool(d["mask_zero"]),
+                padding_id=None if d.get("padding_id") is None else int(d["padding_id"]),
+                mask_output=d.get("mask_output"),
+                dtype=str(d.get("dtype", "float32")),
+            )
+        except KeyError as exc:
+            raise ValueError(f"embedding entry {d!r} lacks the key {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The contract's metadata of one model, as read back from ONNX ``metadata_props``.
+
+    Attributes:
+        embeddings: one :class:`EmbeddingInfo` per Embedding layer; empty for a foreign ONNX file.
+        versions: the ``embed_runtime.*_version`` / flavour keys that were present.
+        raw: every metadata key and value, ours and others.
+    """
+
+    embeddings: tuple[EmbeddingInfo, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_embed_runtime_artifact(self) -> bool:
+        """True when the file was written by this project's exporter."""
+        return KEY_FORMAT in self.raw
+
+    def input_dims(self) -> dict[str, int]:
+        """Exclusive upper bound of valid ids per graph input (the smallest table that reads it)."""
+        bounds: dict[str, int] = {}
+        for emb in self.embeddings:
+            for name in emb.inputs:
+                bounds[name] = min(bounds.get(name, emb.input_dim), emb.input_dim)
+        return bounds
+
+    def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` to write: format, embeddings JSON, versions, then any other raw keys."""
+        props = dict(self.raw)
+        props[KEY_FORMAT] = FORMAT_VERSION
+        props[KEY_EMBEDDINGS] = json.dumps([e.to_dict() for e in self.embeddings], sort_keys=True)
+        props.update(self.versions)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> ModelMetadata:
+        """Read the contract out of a model's metadata; a file without our keys gives empty embeddings.
+
+        Raises ``ValueError`` when our keys are present but malformed.
+        """
+        embeddings: tuple[EmbeddingInfo, ...] = ()
+        if KEY_EMBEDDINGS in props:
+            try:
+                entries = json.loads(props[KEY_EMBEDDINGS])
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"metadata {KEY_EMBEDDINGS!r} is not valid JSON: {exc}") from None
+            if not isinstance(entries, list):
+                raise ValueError(f"metadata {KEY_EMBEDDINGS!r} must be a JSON list, found {type(entries).__name__}")
+            embeddings = tuple(EmbeddingInfo.from_dict(e) for e in entries)
+        versions = {k: v for k, v in props.items() if k in VERSION_KEYS}
+        return cls(embeddings=embeddings, versions=versions, raw=dict(props))
