@@ -161,7 +161,9 @@ class ModelMetadata:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"metadata {KEY_EMBEDDINGS!r} is not valid JSON: {exc}") from None
             if not isinstance(entries, list):
-                raise ValueError(f"metadata {KEY_EMBEDDINGS!r} must be a JSON list, found {type(entries).__name__}")
+                raise ValueError(
+                    f"metadata {KEY_EMBEDDINGS!r} must be a JSON list, found {type(entries).__name__}"
+                )
             embeddings = tuple(EmbeddingInfo.from_dict(e) for e in entries)
         versions = {k: v for k, v in props.items() if k in VERSION_KEYS}
         return cls(embeddings=embeddings, versions=versions, raw=dict(props))

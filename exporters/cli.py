@@ -1,0 +1,66 @@
+"""``embed-export``: export a saved Keras model to a verified ONNX artifact from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EPILOG = """examples:
+  embed-export model.keras -o model.onnx
+  embed-export saved_model_dir/ -o model.onnx --opset 13
+  embed-export model.h5 -o model.onnx --atol 1e-4
+
+The graph is checked against the Keras model on seeded ids before it is written; on any failure
+nothing is written and the exit status is 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``embed-export``."""
+    parser = argparse.ArgumentParser(
+        prog="embed-export",
+        description="Export a Keras model with Embedding layers to a minimal ONNX graph (Gather + mask outputs).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="a .keras or .h5 file, or a SavedModel folder")
+    parser.add_argument("-o", "--output", required=True, help="path of the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the lowest that works)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the parity check (for huge models)")
+    parser.add_argument("--atol", type=float, default=1e-5, help="parity tolerance for float outputs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the verification ids")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``embed-export``; returns the exit status (0 ok, 1 export failed, 2 usage error)."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        from .errors import ExportError
+        from .export import export_keras
+    except ImportError as exc:
+        print(
+            f"embed-export: {exc}. Install the export extra: pip install 'embed-runtime[export]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = export_keras(
+            args.model,
+            args.output,
+            opset=args.opset,
+            verify=not args.no_verify,
+            atol=args.atol,
+            seed=args.seed,
+        )
+    except ExportError as exc:
+        print(f"embed-export: error: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

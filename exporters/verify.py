@@ -1,0 +1,113 @@
+"""Export-time parity: run the Keras model and the exported graph on the same seeded ids and compare."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ExportError
+from .keras_model import ModelSpec, keras_outputs
+
+BATCH_SIZES = (1, 7, 32)
+DYNAMIC_LENGTHS = (1, 10, 37)
+PADDINGS = ("end", "start", "none")
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """Where a mask output comes from: the Embedding layer object and the input whose ids it masks."""
+
+    output: str
+    layer: object
+    input: str
+
+
+@dataclass
+class Parity:
+    """What the comparison measured, per output: max |onnx - keras| for floats, mismatches for masks."""
+
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    mask_mismatches: dict[str, int] = field(default_factory=dict)
+    cases: int = 0
+
+    @property
+    def worst(self) -> float:
+        """The largest float difference over all outputs and cases."""
+        return max(self.max_abs_diff.values(), default=0.0)
+
+
+def sample_feeds(
+    inputs: Sequence[tuple[str, int | None, int]],
+    seed: int = 0,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    lengths: Sequence[int] = DYNAMIC_LENGTHS,
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Seeded valid ids for inputs ``(name, static length or None, input_dim)``: every batch size, length
+    (the static one where fixed) and zero padding at the end, at the start and none. Each row keeps at
+    least one real id so that pooling over a fully padded row (0/0 in Keras too) is not compared."""
+    rng = np.random.default_rng(seed)
+    fixed = {length for _, length, _ in inputs if length is not None}
+    for batch in batch_sizes:
+        for length in sorted(fixed) if fixed else lengths:
+            for padding in PADDINGS:
+                feeds = {}
+                for name, _, input_dim in inputs:
+                    low = 1 if input_dim > 1 else 0
+                    ids = rng.integers(low, input_dim, size=(batch, length), dtype=np.int64)
+                    if padding != "none" and length > 1:
+                        for row, n_pad in enumerate(rng.integers(0, length, size=batch)):
+                            if padding == "end":
+                                ids[row, length - n_pad :] = 0
+                            else:
+                                ids[row, :n_pad] = 0
+                    feeds[name] = ids
+                yield f"batch={batch} length={length} padding={padding}", feeds
+
+
+def compare(
+    spec: ModelSpec,
+    session: object,
+    masks: Sequence[MaskSource],
+    input_dims: dict[str, int],
+    atol: float,
+    seed: int = 0,
+) -> Parity:
+    """Compare the Keras model with an onnxruntime ``session`` of the exported graph on :func:`sample_feeds`.
+
+    Raises :class:`ExportError` naming the output, case and difference when a float output differs by
+    more than ``atol`` (scaled up for float16 outputs) or a mask differs anywhere.
+    """
+    parity = Parity()
+    inputs = [(s.name, s.length, input_dims.get(s.name, 2)) for s in spec.inputs]
+    names = list(spec.output_names) + [m.output for m in masks]
+    for case, feeds in sample_feeds(inputs, seed):
+        got = dict(zip(names, session.run(names, feeds)))  # type: ignore[attr-defined]
+        want = keras_outputs(spec, feeds)
+        for mask in masks:
+            want[mask.output] = np.asarray(mask.layer.compute_mask(feeds[mask.input]))
+        parity.cases += 1
+        for name in names:
+            expected, actual = want[name], got[name]
+            if expected.shape != actual.shape:
+                raise ExportError(
+                    f"output {name!r} has shape {actual.shape} in ONNX but {expected.shape} in Keras ({case})"
+                )
+            if expected.dtype == bool or actual.dtype == bool:
+                bad = int(np.count_nonzero(expected.astype(bool) != actual))
+                parity.mask_mismatches[name] = parity.mask_mismatches.get(name, 0) + bad
+                if bad:
+                    raise ExportError(f"mask {name!r} differs from Keras at {bad} positions ({case})")
+                continue
+            delta = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+            delta[np.isnan(actual) & np.isnan(expected)] = 0.0  # NaN where Keras has NaN too
+            diff = float(np.max(np.nan_to_num(delta, nan=np.inf), initial=0.0))
+            parity.max_abs_diff[name] = max(parity.max_abs_diff.get(name, 0.0), diff)
+            limit = atol if expected.dtype != np.float16 else max(atol, 1e-2)
+            if diff > limit:
+                raise ExportError(
+                    f"output {name!r} differs from Keras by {diff:.3g} > tolerance {limit:g} ({case}); "
+                    "the graph was not written"
+                )
+    return parity
