@@ -1,0 +1,71 @@
+"""Prometheus metrics of the server, kept in a registry of their own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+UNKNOWN_MODEL = "_unknown"
+"""The ``model`` label of requests naming a model the server does not have (keeps label values bounded)."""
+
+
+class ServeMetrics:
+    """Request counts, failures and latencies per model, in-flight requests, and process metrics."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter(
+            "embed_runtime_infer_requests",
+            "Inference requests received, per model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "embed_runtime_infer_failures",
+            "Inference requests answered with an error, per model and HTTP status.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "embed_runtime_infer_request_duration_seconds",
+            "Time from an inference request's arrival to its response: reading, waiting, decoding, "
+            "running and encoding.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.run_seconds = Histogram(
+            "embed_runtime_inference_duration_seconds",
+            "Time spent in the runtime's run() per successful request.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "embed_runtime_infer_in_flight",
+            "Inference requests being processed or waiting for a slot.",
+            registry=self.registry,
+        )
+
+    def observe(self, model: str, status: int, seconds: float) -> None:
+        """Record one finished inference request."""
+        self.requests.labels(model).inc()
+        self.request_seconds.labels(model).observe(seconds)
+        if status >= 400:
+            self.failures.labels(model, str(status)).inc()
+
+    def render(self) -> bytes:
+        """The metrics in Prometheus' text exposition format."""
+        return generate_latest(self.registry)

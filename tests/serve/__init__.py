@@ -1,0 +1,1 @@
+"""Tests of the V2 inference server (``embed_runtime.serve``)."""

@@ -1,0 +1,107 @@
+"""The V2 codec on its own: decoding JSON and binary tensors, and encoding responses tritonclient reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tritonclient.http import InferResult
+
+from embed_runtime.serve.protocol import ProtocolError, encode_infer_response, parse_infer_request
+
+
+def _request(*inputs: dict, **extra: object) -> bytes:
+    return json.dumps({"inputs": list(inputs), **extra}).encode()
+
+
+def test_nested_and_flat_json_data_agree() -> None:
+    nested = parse_infer_request(
+        _request({"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [[1, 2], [3, 4]]}), None
+    )
+    flat = parse_infer_request(
+        _request({"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]}), None
+    )
+    np.testing.assert_array_equal(nested.inputs["a"], flat.inputs["a"])
+    assert nested.inputs["a"].dtype == np.int64
+    assert nested.outputs is None and not nested.binary_output
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "expected"),
+    [
+        ("INT32", [1, -2], np.array([1, -2], np.int32)),
+        ("FP32", [1, 2.5], np.array([1, 2.5], np.float32)),
+        ("BOOL", [True, False], np.array([True, False])),
+        ("UINT8", [255, 0], np.array([255, 0], np.uint8)),
+    ],
+)
+def test_json_datatypes(datatype: str, data: list, expected: np.ndarray) -> None:
+    req = parse_infer_request(_request({"name": "a", "shape": [2], "datatype": datatype, "data": data}), None)
+    assert req.inputs["a"].dtype == expected.dtype
+    np.testing.assert_array_equal(req.inputs["a"], expected)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "text"),
+    [
+        ("INT32", [2**31, 0], "value 2147483648 does not fit INT32"),
+        ("UINT8", [-1, 0], "value -1 does not fit UINT8"),
+        ("BOOL", [1, 0], "does not match datatype BOOL (found integers)"),
+        ("INT64", [None, 1], "does not match datatype INT64"),
+        ("BYTES", ["a", "b"], "unsupported datatype 'BYTES'"),
+    ],
+)
+def test_json_data_rejected(datatype: str, data: list, text: str) -> None:
+    with pytest.raises(ProtocolError, match=text.replace("(", r"\(").replace(")", r"\)")):
+        parse_infer_request(_request({"name": "a", "shape": [2], "datatype": datatype, "data": data}), None)
+
+
+def test_empty_tensor() -> None:
+    req = parse_infer_request(_request({"name": "a", "shape": [0, 3], "datatype": "INT64", "data": []}), None)
+    assert req.inputs["a"].shape == (0, 3) and req.inputs["a"].dtype == np.int64
+
+
+def test_binary_inputs_follow_the_header_in_order() -> None:
+    a = np.arange(6, dtype=np.int64).reshape(2, 3)
+    b = np.array([True, False, True])
+    header = _request(
+        {"name": "a", "shape": [2, 3], "datatype": "INT64", "parameters": {"binary_data_size": 48}},
+        {"name": "j", "shape": [1], "datatype": "FP32", "data": [0.5]},
+        {"name": "b", "shape": [3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}},
+        outputs=[{"name": "x", "parameters": {"binary_data": True}}, {"name": "y"}],
+        parameters={"binary_data_output": False},
+        id="r1",
+    )
+    body = header + a.tobytes() + bytes([1, 0, 2])  # any non-zero byte is True
+    req = parse_infer_request(body, len(header))
+    np.testing.assert_array_equal(req.inputs["a"], a)
+    np.testing.assert_array_equal(req.inputs["b"], b)
+    assert req.inputs["j"].tolist() == [0.5]
+    assert [(o.name, o.binary) for o in req.outputs] == [("x", True), ("y", None)]
+    assert req.id == "r1"
+
+
+def test_response_round_trips_through_tritonclient() -> None:
+    emb = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    mask = np.array([[True, False, True], [False, False, True]])
+    body, header_length = encode_infer_response(
+        "m", "1", "r", [("emb", emb, True), ("mask", mask, True), ("json_emb", emb, False)]
+    )
+    assert header_length is not None
+    result = InferResult.from_response_body(body, header_length=header_length)
+    np.testing.assert_array_equal(result.as_numpy("emb"), emb)
+    np.testing.assert_array_equal(result.as_numpy("mask"), mask)
+    np.testing.assert_array_equal(result.as_numpy("json_emb"), emb)
+    assert result.get_response()["id"] == "r"
+    assert result.get_output("mask")["parameters"] == {"binary_data_size": 6}
+
+
+def test_json_only_response_has_no_header_length() -> None:
+    body, header_length = encode_infer_response("m", "1", None, [("mask", np.array([True]), False)])
+    assert header_length is None
+    assert json.loads(body) == {
+        "model_name": "m",
+        "model_version": "1",
+        "outputs": [{"name": "mask", "datatype": "BOOL", "shape": [1], "data": [True]}],
+    }
