@@ -2,7 +2,8 @@
 
 Loopback only. For each server: start it as a subprocess, check one answer against the runtime in-process,
 then run ``--concurrency`` clients, each on one keep-alive connection sending the same pre-encoded request
-back to back, for ``--duration`` seconds (and at most ``--max-requests`` requests), and stop. Reports
+back to back, for ``--duration`` seconds (and at most ``--max-requests`` requests), and stop; ``--rounds`` times per
+server, in ABBA order. Reports
 requests/s, p50/p99 latency, errors and the server's RSS before and after.
 
     python benchmarks/serve_load.py [MODEL.onnx] [--duration 20] [--concurrency 8] [--json-out FILE]
@@ -80,7 +81,10 @@ def reference_app(path: str, max_concurrency: int) -> Any:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()  # the runtime's defaults: no spinning of idle pool threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     limiter = anyio.CapacityLimiter(max_concurrency)
 
     async def infer(request: Request) -> Response:
@@ -189,26 +193,18 @@ async def _client(port: int, request: bytes, stop: float, budget: list[int], lat
 
 
 async def _load(port: int, request: bytes, concurrency: int, duration: float, max_requests: int) -> dict:
+    """Run the clients; the raw latencies (s), error count and elapsed seconds."""
     latencies: list[float] = []
     budget = [max_requests]
     start = time.perf_counter()
     errors = await asyncio.gather(
         *(_client(port, request, start + duration, budget, latencies) for _ in range(concurrency))
     )
-    elapsed = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
-    return {
-        "requests": len(latencies),
-        "seconds": round(elapsed, 2),
-        "requests_per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "errors": int(sum(errors)),
-    }
+    return {"latencies": latencies, "errors": int(sum(errors)), "seconds": time.perf_counter() - start}
 
 
-def run_load(name: str, command: list[str], port: int, model: str, body: bytes, hlen: int, args: Any) -> dict:
-    """Start one server, warm it, load it for ``args.duration`` s, stop it; the figures as a dict."""
+def run_load(command: list[str], port: int, model: str, body: bytes, hlen: int, args: Any) -> dict:
+    """Start one server, warm it, load it for ``args.duration`` s, stop it; raw figures and RSS (MiB)."""
     proc = start(command, port)
     try:
         http = (
@@ -222,11 +218,24 @@ def run_load(name: str, command: list[str], port: int, model: str, body: bytes, 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    return {**figures, "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20}
+
+
+def summarize(name: str, runs: list[dict]) -> dict:
+    """Figures over all rounds of one server: total rate, pooled percentiles, errors, RSS range."""
+    ms = np.concatenate([np.array(r["latencies"]) for r in runs]) * 1000
+    seconds = sum(r["seconds"] for r in runs)
     return {
         "server": name,
-        **figures,
-        "rss_before_mb": round(rss_before / 2**20, 1),
-        "rss_after_mb": round(rss_after / 2**20, 1),
+        "requests": int(ms.size),
+        "seconds": round(seconds, 1),
+        "requests_per_s": round(ms.size / seconds, 1),
+        "requests_per_s_per_round": [round(len(r["latencies"]) / r["seconds"], 1) for r in runs],
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": sum(r["errors"] for r in runs),
+        "rss_before_mb": round(min(r["rss_before_mb"] for r in runs), 1),
+        "rss_after_mb": round(max(r["rss_after_mb"] for r in runs), 1),
     }
 
 
@@ -247,6 +256,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--max-requests", type=int, default=1_000_000, help="request cap per run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="load runs per server, alternating (default: %(default)s)"
     )
     parser.add_argument("--batch", type=int, default=1, help="rows per request (default: %(default)s)")
     parser.add_argument(
@@ -308,15 +320,21 @@ def main() -> int:
             "--max-concurrency",
             str(args.max_concurrency),
         ]
-        results = [
-            run_load("embed-runtime serve", ours_cmd, ours_port, name, body, hlen, args),
-            run_load("reference (Starlette + onnxruntime)", ref_cmd, ref_port, name, body, hlen, args),
-        ]
+        servers = {
+            "embed-runtime serve": (ours_cmd, ours_port),
+            "reference (Starlette + onnxruntime)": (ref_cmd, ref_port),
+        }
+        runs: dict[str, list[dict]] = {label: [] for label in servers}
+        for round_ in range(args.rounds):  # ABBA order, so drift in the machine's load hits both alike
+            for label in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
+                runs[label].append(run_load(*servers[label], name, body, hlen, args))
+        results = [summarize(label, r) for label, r in runs.items()]
     report = {
         "model": str(path),
         "request": {n: list(a.shape) for n, a in feeds.items()},
         "concurrency": args.concurrency,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "versions": {
             p: version(p) for p in ("embed-runtime", "onnxruntime", "numpy", "starlette", "uvicorn", "h11")

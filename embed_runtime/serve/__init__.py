@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--providers",
         default="auto",
-        help="'auto' or a comma-separated list of onnxruntime execution providers (default: %(default)s)",
+        help="'auto' (best available, CPU last) or a comma-separated list such as 'cuda,cpu' (default: %(default)s)",
     )
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model")
     parser.add_argument(
@@ -129,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         paths = model_specs(args.models)
-        providers = args.providers if args.providers == "auto" else args.providers.split(",")
+        text = args.providers.strip()
+        providers = "auto" if text.lower() == "auto" else [p.strip() for p in text.split(",") if p.strip()]
         models = {
             name: embed_runtime.load(path, providers=providers, threads=args.threads)
             for name, path in paths.items()

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embed_runtime.contract import EmbeddingInfo, ModelMetadata
 
-from .helpers import RawHttp, start_server, stop_server
+from .helpers import SERVE_MODULE, RawHttp, start_server, stop_server
 
 if not all(
     importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus_client", "tritonclient")
@@ -133,12 +133,12 @@ def model_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[[list[str]], tuple[subprocess.Popen, str]]]:
+def launch(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, str]]]:
     """Start a server of the test's own (log in ``tmp_path/server.log``); stopped after the test."""
     procs: list[subprocess.Popen] = []
 
-    def _launch(args: list[str]) -> tuple[subprocess.Popen, str]:
-        proc, url = start_server(args, tmp_path / "server.log")
+    def _launch(args: list[str], command: tuple[str, ...] = SERVE_MODULE) -> tuple[subprocess.Popen, str]:
+        proc, url = start_server(args, tmp_path / "server.log", command)
         procs.append(proc)
         return proc, url
 
@@ -165,6 +165,8 @@ def server(model_paths: dict[str, Path], server_log: Path) -> Iterator[str]:
         str(MAX_BODY_MB),
         "--max-concurrency",
         "2",
+        "--providers",
+        "cpu",
     ]
     proc, url = start_server(args, server_log)
     yield url

@@ -77,15 +77,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m embed_runtime.serve ARGS`` on a free port; wait until it is ready.
+SERVE_MODULE = (sys.executable, "-m", "embed_runtime.serve")
+"""``python -m embed_runtime.serve``."""
+
+SERVE_CLI = (sys.executable, "-m", "embed_runtime.cli", "serve")
+"""``embed-runtime serve``, through the runtime's CLI."""
+
+
+def start_server(
+    args: list[str], log_path: Path, command: tuple[str, ...] = SERVE_MODULE
+) -> tuple[subprocess.Popen, str]:
+    """Start ``COMMAND ARGS`` on a free port; wait until it is ready.
 
     Returns the process and its ``host:port``.
     """
     port = free_port()
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embed_runtime.serve", *args, "--port", str(port)],
+        [*command, *args, "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -1,4 +1,4 @@
-"""SIGTERM lets an in-flight request finish, then the server exits cleanly."""
+"""SIGTERM lets an in-flight request finish, then the server exits cleanly (started as ``embed-runtime serve``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import SERVE_CLI
+
 
 def test_sigterm_finishes_in_flight_request(model_paths: dict[str, Path], launch, tmp_path: Path) -> None:
-    proc, url = launch([str(model_paths["words"]), "--no-access-log"])
+    proc, url = launch([str(model_paths["words"]), "--no-access-log"], SERVE_CLI)
     host, port = url.split(":")
     body = json.dumps(
         {"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [5, 6, 0]}]}
