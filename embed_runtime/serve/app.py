@@ -80,6 +80,10 @@ def _tensor_metadata(spec: Any, extra: dict[str, int]) -> dict[str, Any]:
     return meta
 
 
+def _tensor_config(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"name": meta["name"], "data_type": "TYPE_" + meta["datatype"], "dims": meta["shape"]}
+
+
 class ServedModel:
     """One named model: its runtime and the V2 metadata computed once at start."""
 
@@ -97,6 +101,14 @@ class ServedModel:
             ],
             "outputs": [_tensor_metadata(s, {}) for s in runtime.outputs],
             "parameters": {k: v for k, v in runtime.metadata.raw.items() if k.startswith(PREFIX)},
+        }
+        self.config = {  # Triton's model configuration, for clients that read it (perf_analyzer...)
+            "name": name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "max_batch_size": 0,
+            "input": [_tensor_config(t) for t in self.metadata["inputs"]],
+            "output": [_tensor_config(t) for t in self.metadata["outputs"]],
         }
 
     def select_outputs(self, request: InferRequest) -> list[tuple[str, bool]]:
@@ -170,6 +182,10 @@ class InferenceApp:
     async def model_metadata(self, request: Request) -> Response:
         """``GET /v2/models/{model}[/versions/{version}]``."""
         return JSONResponse(self._model(request).metadata)
+
+    async def model_config(self, request: Request) -> Response:
+        """``GET /v2/models/{model}[/versions/{version}]/config`` (Triton's model configuration extension)."""
+        return JSONResponse(self._model(request).config)
 
     async def model_ready(self, request: Request) -> Response:
         """``GET /v2/models/{model}[/versions/{version}]/ready``."""
@@ -281,6 +297,7 @@ def create_app(models: Mapping[str, Any], config: ServeConfig | None = None) -> 
         routes += [
             Route(base, handlers.model_metadata, methods=["GET"]),
             Route(base + "/ready", handlers.model_ready, methods=["GET"]),
+            Route(base + "/config", handlers.model_config, methods=["GET"]),
             Route(base + "/infer", handlers.infer, methods=["POST"]),
         ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

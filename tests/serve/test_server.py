@@ -75,6 +75,13 @@ def test_model_metadata(client: httpclient.InferenceServerClient) -> None:
     assert [o["datatype"] for o in rec["outputs"]] == ["FP32", "FP32", "BOOL", "BOOL"]
 
 
+def test_model_config(client: httpclient.InferenceServerClient) -> None:
+    config = client.get_model_config("recommender")
+    assert config["max_batch_size"] == 0
+    assert config["input"][0] == {"name": "user_ids", "data_type": "TYPE_INT64", "dims": [-1, 1]}
+    assert [o["data_type"] for o in config["output"]] == ["TYPE_FP32", "TYPE_FP32", "TYPE_BOOL", "TYPE_BOOL"]
+
+
 def test_model_ready(client: httpclient.InferenceServerClient) -> None:
     assert client.is_model_ready("words")
     assert client.is_model_ready("fragile", model_version="1")
