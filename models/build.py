@@ -1,0 +1,45 @@
+"""Regenerate every reference model's committed artifacts: ``python -m models.build [name ...]``.
+
+Trains each model (its committed flavour), exports ``models/<name>/model.onnx`` with
+:func:`exporters.export_keras` and writes ``models/<name>/golden.npz``. Needs the ``export`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from models import NAMES, info
+
+
+def build(names: list[str] | None = None) -> list[tuple[str, object]]:
+    """Regenerate the artifacts of ``names`` (all when ``None``); returns ``(name, ExportReport)`` pairs."""
+    done = []
+    for name in names or list(NAMES):
+        start = time.perf_counter()
+        module = info(name).train_module()
+        model = module.build_and_train(info(name).committed_flavour)
+        from models._common import export_and_record
+
+        spec = info(name)
+        report = export_and_record(
+            name, model, [i.name for i in spec.inputs], spec.outputs, module.golden_inputs()
+        )
+        print(report)
+        print(f"  {name}: {time.perf_counter() - start:.1f} s in all\n", flush=True)
+        done.append((name, report))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m models.build [name ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m models.build", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", choices=[*NAMES, []], help="models to rebuild (default: all)")
+    args = parser.parse_args(argv)
+    build(args.names or None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
