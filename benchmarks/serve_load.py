@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -215,10 +217,29 @@ def run_load(command: list[str], port: int, model: str, body: bytes, hlen: int, 
         rss_before = psutil.Process(proc.pid).memory_info().rss
         figures = asyncio.run(_load(port, http, args.concurrency, args.duration, args.max_requests))
         rss_after = psutil.Process(proc.pid).memory_info().rss
+        figures.update(server_timings(port))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     return {**figures, "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20}
+
+
+def server_timings(port: int) -> dict[str, float]:
+    """Mean request and ``run()`` time (ms) from the server's /metrics (warm-up included); ``{}`` when it
+    has none (the reference)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError:
+        return {}
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    mean = {}
+    for key, metric in (("request", "infer_request_duration_seconds"), ("run", "inference_duration_seconds")):
+        total = samples[f"embed_runtime_{metric}_sum"]
+        mean[f"server_{key}_ms"] = 1000 * total / samples[f"embed_runtime_{metric}_count"]
+    return mean
 
 
 def summarize(name: str, runs: list[dict]) -> dict:
@@ -236,6 +257,10 @@ def summarize(name: str, runs: list[dict]) -> dict:
         "errors": sum(r["errors"] for r in runs),
         "rss_before_mb": round(min(r["rss_before_mb"] for r in runs), 1),
         "rss_after_mb": round(max(r["rss_after_mb"] for r in runs), 1),
+    } | {
+        key: round(float(np.mean([r[key] for r in runs])), 3)
+        for key in ("server_request_ms", "server_run_ms")
+        if key in runs[0]
     }
 
 
