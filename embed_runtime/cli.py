@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (_module, extra, text) in LAZY_COMMANDS.items():
         # listed for --help; main() hands their arguments to the module's own parser
-        sub.add_parser(name, help=f"{text} (needs: pip install 'embed-runtime[{extra}]')", add_help=False)
+        sub.add_parser(name, help=f"{text} (needs the [{extra}] extra)", add_help=False)
     return parser
 
 

@@ -1,0 +1,173 @@
+"""Fast paths give the same results as the plain path and never hand out a buffer a later call reuses."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import embed_runtime
+from embed_runtime import InputTypeError, InvalidInputError, RuntimeOptions
+
+from .conftest import VOCAB, Built
+
+
+def plain(built: Built) -> embed_runtime.Runtime:
+    return embed_runtime.load(built.path, providers="cpu", options=RuntimeOptions(io_binding=False))
+
+
+def ids_of(shape: tuple[int, int], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, shape)
+
+
+def test_io_binding_matches_plain_and_returns_owned_arrays(single: Built) -> None:
+    fast = embed_runtime.load(single.path, providers="cpu")
+    slow = plain(single)
+    held = []
+    for seed in range(6):
+        ids = ids_of((3, 5), seed)  # same shape every call: the bound buffers are reused from call 2 on
+        out = fast.run(ids)
+        ref = slow.run(ids)
+        for k in ref:
+            np.testing.assert_array_equal(out[k], ref[k])
+        held.append((ids, out))
+    (bound,) = fast._cache().values()
+    for ids, out in held:  # earlier results were not overwritten by later calls
+        np.testing.assert_array_equal(out["emb"], single.tables["input_ids"][ids])
+        np.testing.assert_array_equal(out["mask"], ids != 0)
+        for name, buf in bound.outputs.items():
+            assert not np.shares_memory(out[name], buf)
+
+
+def test_io_binding_cache_is_bounded_and_per_output_selection(single: Built) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu", options=RuntimeOptions(io_binding_cache=2))
+    for length in range(1, 6):
+        for _ in range(2):
+            ids = ids_of((2, length), length)
+            np.testing.assert_array_equal(rt.run(ids, outputs=["mask"])["mask"], ids != 0)
+            assert list(rt.run(ids, outputs=["mask"])) == ["mask"]
+    assert len(rt._cache()) == 2
+
+
+def test_io_binding_skips_large_outputs(single: Built) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu", options=RuntimeOptions(io_binding_max_bytes=100))
+    ids = ids_of((4, 8), 0)
+    for _ in range(2):
+        np.testing.assert_array_equal(rt.run(ids)["emb"], single.tables["input_ids"][ids])
+    assert len(rt._cache()) == 0
+
+
+def test_io_binding_per_thread(single: Built) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu", threads=1)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(200):
+                ids = ids_of((2, 3), seed * 1000 + i)
+                out = rt.run(ids)
+                np.testing.assert_array_equal(out["emb"], single.tables["input_ids"][ids])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_out_writes_into_caller_arrays(single: Built) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu")
+    ids = ids_of((16, 9), 1)
+    emb = np.full((16, 9, 4), np.nan, np.float32)
+    mask = np.empty((16, 9), bool)
+    result = rt.run(ids, out={"emb": emb, "mask": mask})
+    assert result["emb"] is emb and result["mask"] is mask
+    np.testing.assert_array_equal(emb, plain(single).run(ids)["emb"])
+    np.testing.assert_array_equal(mask, ids != 0)
+    # a subset in out=, the rest allocated
+    emb2 = np.empty_like(emb)
+    result = rt.run(ids, out={"emb": emb2})
+    assert result["emb"] is emb2
+    np.testing.assert_array_equal(result["mask"], ids != 0)
+    # a single array for a single requested output
+    only = np.empty_like(emb)
+    assert rt.run(ids, out=only, outputs=["emb"])["emb"] is only
+    np.testing.assert_array_equal(only, emb)
+    # empty batch
+    empty = np.empty((0, 9, 4), np.float32)
+    assert rt.run(np.zeros((0, 9), np.int64), out={"emb": empty})["emb"] is empty
+
+
+@pytest.mark.parametrize(
+    ("out", "error", "pattern"),
+    [
+        (np.empty((2, 3, 4), np.float32), InvalidInputError, r"single array but 2 outputs"),
+        ({"emb": np.empty((2, 3, 4), np.float64)}, InputTypeError, r"dtype float64; output 'emb' is float32"),
+        (
+            {"emb": np.empty((2, 4, 4), np.float32)},
+            InvalidInputError,
+            r"shape \(2, 4, 4\); these inputs give \(2, 3, 4\)",
+        ),
+        ({"emb": np.empty((2, 3), np.float32)}, InvalidInputError, r"shape \(2, 3\)"),
+        ({"emb": np.empty((2, 3, 8), np.float32)[..., ::2]}, InvalidInputError, r"C-contiguous"),
+        ({"nope": np.empty(3)}, InvalidInputError, r"'nope', which is not among the requested outputs"),
+        ({"emb": [[0.0]]}, InputTypeError, r"must be a numpy array"),
+        ([np.empty(3)], InputTypeError, r"numpy array or a dict"),
+    ],
+)
+def test_out_rejected(single: Built, out: object, error: type, pattern: str) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu")
+    with pytest.raises(error, match=pattern):
+        rt.run(np.ones((2, 3), np.int64), out=out)
+    readonly = np.empty((2, 3, 4), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(InvalidInputError, match="writeable"):
+        rt.run(np.ones((2, 3), np.int64), out={"emb": readonly})
+    assert rt.run([[1, 2, 3]])["mask"].all()
+
+
+def test_run_batched_matches_single_call(single: Built) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu")
+    ids = ids_of((103, 6), 2)
+    chunks = list(rt.run_batched(ids, batch_size=25, progress=False))
+    assert [c["emb"].shape[0] for c in chunks] == [25, 25, 25, 25, 3]
+    np.testing.assert_array_equal(np.concatenate([c["emb"] for c in chunks]), single.tables["input_ids"][ids])
+    np.testing.assert_array_equal(np.concatenate([c["mask"] for c in chunks]), ids != 0)
+    held = chunks[0]["emb"].copy()
+    np.testing.assert_array_equal(chunks[0]["emb"], held)  # chunk 0 not overwritten by chunks 1..4
+
+
+def test_run_batched_generators_dicts_and_progress(
+    models: dict[str, Built], capsys: pytest.CaptureFixture[str]
+) -> None:
+    single = models["single"]
+    rt = embed_runtime.load(single.path, providers="cpu")
+    rows = ([1] * (i % 4 + 1) for i in range(10))  # a generator of ragged rows
+    chunks = list(rt.run_batched(rows, batch_size=4, progress=True))
+    assert [c["mask"].sum() for c in chunks] == [10, 10, 3]
+    assert "seq" in capsys.readouterr().err  # the tqdm bar
+    two = embed_runtime.load(models["two"].path, providers="cpu")
+    u, i = ids_of((7, 3), 3) % 30, ids_of((7, 3), 4)
+    chunks = list(
+        two.run_batched({"user_id": u, "item_id": i}, batch_size=3, progress=False, outputs=["item_id_emb"])
+    )
+    got = np.concatenate([c["item_id_emb"] for c in chunks])
+    np.testing.assert_array_equal(got, models["two"].tables["item_id"][i])
+    with pytest.raises(InvalidInputError, match="different batch lengths"):
+        list(two.run_batched({"user_id": u, "item_id": i[:3]}, progress=False))
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        list(rt.run_batched(u, batch_size=0))
+    with pytest.raises(InvalidInputError, match=r"id -1 at position \[0, 0\]"):
+        list(rt.run_batched(np.full((3, 2), -1), progress=False))
+
+
+def test_run_batched_without_tqdm(single: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if tqdm were not installed
+    rt = embed_runtime.load(single.path, providers="cpu")
+    assert len(list(rt.run_batched(ids_of((5, 2), 0), batch_size=2))) == 3
