@@ -176,11 +176,11 @@ def _readable_input_names(raw: list[str]) -> list[str]:
 
 
 def _output_names(model: Any, n_outputs: int) -> list[str]:
-    """Keras output names: ``model.output_names`` where Keras keeps them, else the last layer's name."""
+    """Keras output names: ``model.output_names`` where Keras keeps them, the last layer's name for a
+    Sequential model, else ``output`` (``output_<i>`` for several)."""
     names = list(getattr(model, "output_names", None) or [])
-    if len(names) != n_outputs:
-        layers = getattr(model, "layers", [])
-        names = [layers[-1].name] if n_outputs == 1 and layers else []
+    if len(names) != n_outputs and type(model).__name__ == "Sequential" and n_outputs == 1:
+        names = [model.layers[-1].name]
     if len(names) != n_outputs:
         names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
     return names
@@ -245,6 +245,21 @@ def make_tf_function(spec: ModelSpec) -> Any:
         tensors = list(result) if isinstance(result, (list, tuple)) else [result]
         return {name: tf.identity(t) for name, t in zip(names, tensors)}
 
+    # Activity regularizers are training-only, yet Keras adds their loss on every call; traced, that loss
+    # leaks into the graph and tf2onnx cannot import it. Trace once without them (tf2onnx reuses the trace).
+    regularized = [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if getattr(layer, "activity_regularizer", None) is not None
+    ]
+    saved = [layer.activity_regularizer for layer in regularized]
+    try:
+        for layer in regularized:
+            layer.activity_regularizer = None
+        serve.get_concrete_function()
+    finally:
+        for layer, regularizer in zip(regularized, saved):
+            layer.activity_regularizer = regularizer
     return serve
 
 
