@@ -340,6 +340,6 @@ def test_non_tensorflow_keras_backend_is_refused(k3, monkeypatch, tmp_path):
     so the backend Keras reports is switched; the check reads exactly that."""
     model = k3.Sequential([k3.Input((None,), dtype="int32"), k3.layers.Embedding(10, 2)])
     monkeypatch.setattr(k3.backend, "backend", lambda: "jax")
-    with pytest.raises(ExportError, match="'jax' backend.*KERAS_BACKEND=tensorflow"):
+    with pytest.raises(ExportError, match=r"'jax' backend.*KERAS_BACKEND=tensorflow"):
         export_keras(model, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
