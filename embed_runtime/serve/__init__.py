@@ -11,6 +11,7 @@ import argparse
 import copy
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from embed_runtime.serve.app import ServeConfig, create_app
@@ -58,6 +59,21 @@ def model_specs(specs: list[str]) -> dict[str, Path]:
     return models
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse ``type`` accepting only numbers above zero."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not above zero")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``."""
     defaults = ServeConfig()
@@ -74,16 +90,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="'auto' (best available, CPU last) or a comma-separated list such as 'cuda,cpu' (default: %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model")
+    parser.add_argument(
+        "--threads", type=_positive(int), default=None, help="onnxruntime intra-op threads per model"
+    )
     parser.add_argument(
         "--max-concurrency",
-        type=int,
+        type=_positive(int),
         default=defaults.max_concurrency,
         help="requests decoded and run at the same time; others wait (default: %(default)s)",
     )
     parser.add_argument(
         "--max-body-mb",
-        type=float,
+        type=_positive(float),
         default=defaults.max_body_bytes / 2**20,
         help="largest request body in MiB; larger ones get 413 (default: %(default)s)",
     )

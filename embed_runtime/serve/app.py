@@ -277,8 +277,8 @@ class InferenceApp:
         )
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404/405 (unknown route, wrong method) as ``{"error": ...}``."""
     return _error(exc.status_code, exc.detail)
 
 

@@ -48,6 +48,15 @@ def test_defaults() -> None:
     assert not args.no_access_log
 
 
+@pytest.mark.parametrize(
+    "argv", [["--max-concurrency", "0"], ["--max-body-mb", "-1"], ["--threads", "x"], ["--port", "x"]]
+)
+def test_bad_numbers_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(["m.onnx", *argv])
+    assert argv[0] in capsys.readouterr().err
+
+
 def test_main_reports_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_parse([str(tmp_path / "absent.onnx")])) == 2
     assert "absent.onnx" in capsys.readouterr().err
