@@ -7,8 +7,8 @@ For each ``BATCHxSEQ`` shape (random valid ids), measured side by side in one pr
 * ``rt.run(out=)``: written into preallocated arrays;
 * ``ort sess.run``: a plain ``onnxruntime.InferenceSession`` with a dict of numpy inputs, what a user writes;
 * ``validation only``: :func:`embed_runtime.inputs.prepare_all`, the share of a call spent checking ids;
-* ``np.take``: numpy on the model's table (read back through the model: a lookup of every id, kept only
-  when the model is a bare lookup, i.e. ``np.take`` reproduces its output exactly);
+* ``np.take``: numpy on the model's table, when its first output is a bare ``Gather`` of an initializer
+  (the table is read from the file by a minimal protobuf reader: ``onnx`` is not a dependency);
 * ``memory copy (floor)``: ``np.copyto`` of as many bytes as the outputs into a preallocated array.
 
 Timings are medians per call with min-max spread over samples of several calls; contenders are run in
@@ -23,9 +23,10 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -173,21 +174,105 @@ def random_ids(rt: Runtime, batch: int, seq: int, rng: np.random.Generator) -> d
     return feeds
 
 
-def lookup_table(rt: Runtime) -> np.ndarray | None:
-    """The model's table read back through the model (one lookup of every id), for a single-input model
-    with one Embedding; ``None`` otherwise. Reading it needs no ``onnx`` import."""
-    embeddings = rt.metadata.embeddings
-    if len(rt.inputs) != 1 or len(embeddings) != 1 or not embeddings[0].inputs:
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, Any]]:
+    """``(field number, value)`` of one protobuf message: an int for varints, a memoryview otherwise."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        value: Any
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + size], pos + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield key >> 3, value
+
+
+_TABLE_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # ONNX TensorProto.DataType
+
+
+def _tensor(buf: memoryview) -> tuple[str, np.ndarray | None]:
+    """Name and value of a ``TensorProto`` stored in the file (``None`` for external or unknown data)."""
+    name, dims, dtype, raw, floats = "", [], None, None, None
+    for number, value in _fields(buf):
+        if number == 1:
+            dims.extend([value] if isinstance(value, int) else _packed_varints(value))
+        elif number == 2:
+            dtype = _TABLE_DTYPES.get(value)
+        elif number == 8:
+            name = bytes(value).decode()
+        elif number == 9:
+            raw = value
+        elif number == 4:
+            floats = value  # packed float_data: the same little-endian bytes as raw_data
+    if raw is None and dtype is np.float32:
+        raw = floats
+    if dtype is None or raw is None:
+        return name, None
+    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+    return name, array.reshape(dims) if array.size == int(np.prod(dims)) else None
+
+
+def _packed_varints(buf: memoryview) -> list[int]:
+    values, pos = [], 0
+    while pos < len(buf):
+        value, pos = _varint(buf, pos)
+        values.append(value)
+    return values
+
+
+def lookup_table(path: str | os.PathLike[str], output: str) -> np.ndarray | None:
+    """The table behind ``output`` when a ``Gather`` (axis 0) of an initializer by a graph input produces
+    it directly, read from the ONNX file with a minimal protobuf reader (no ``onnx`` import); else
+    ``None`` (not a bare lookup, or the table is stored as external data)."""
+    with open(path, "rb") as f:
+        model = memoryview(f.read())
+    graph = next((v for n, v in _fields(model) if n == 7), None)
+    if graph is None:
         return None
-    emb, spec = embeddings[0], rt.inputs[0]
-    width = spec.input_length or min(emb.input_dim, 4096)
-    rows = -(-emb.input_dim // width)
-    ids = (np.arange(rows * width, dtype=np.int64) % emb.input_dim).reshape(rows, width).astype(spec.dtype)
-    first = rt.outputs[0].name
-    value = rt.run(ids, outputs=first)[first]
-    if value.ndim != 3 or value.shape[-1] != emb.output_dim:
-        return None
-    return np.ascontiguousarray(value.reshape(-1, emb.output_dim)[: emb.input_dim])
+    nodes, initializers, inputs = [], {}, set()
+    for number, value in _fields(graph):
+        if number == 1:
+            node = {"input": [], "output": [], "op": "", "axis": 0}
+            for n, v in _fields(value):
+                if n in (1, 2):
+                    node["input" if n == 1 else "output"].append(bytes(v).decode())
+                elif n == 4:
+                    node["op"] = bytes(v).decode()
+                elif n == 5:
+                    attr = dict(_fields(v))
+                    if bytes(attr.get(1, b"")).decode() == "axis":
+                        node["axis"] = attr.get(3, 0)
+            nodes.append(node)
+        elif number == 5:
+            name, array = _tensor(value)
+            initializers[name] = array
+        elif number == 11:
+            inputs.add(bytes(dict(_fields(value)).get(1, b"")).decode())
+    for node in nodes:
+        if node["op"] == "Gather" and node["output"] == [output] and node["axis"] == 0:
+            data, ids = node["input"]
+            table = initializers.get(data)
+            if table is not None and ids in inputs and table.ndim == 2:
+                return table.copy()
+    return None
 
 
 def bench_shape(
@@ -270,13 +355,15 @@ def main(args: argparse.Namespace) -> int:
     so = ort.SessionOptions()  # onnxruntime's defaults (threads, spinning), as a user would have them
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(args.model), sess_options=so, providers=rt.providers)
-    table = lookup_table(rt)
+    table = lookup_table(args.model, rt.outputs[0].name)
     rng = np.random.default_rng(args.seed)
     print(f"# embed-runtime bench {args.model}")
     print(
         f"onnxruntime {ort.__version__}, numpy {np.__version__}, providers {', '.join(rt.providers)}, "
         f"threads {args.threads or 'default'}; median per call, ratios of medians\n"
     )
+    if table is None:
+        print("np.take skipped: the first output is not a bare Gather of a table stored in the file\n")
     report: dict[str, Any] = {"model": str(args.model), "providers": rt.providers, "shapes": {}}
     for batch, seq in shapes:
         fixed = rt.inputs[0].input_length
