@@ -11,6 +11,7 @@ EPILOG = """examples:
   embed-export model.keras -o model.onnx
   embed-export saved_model_dir/ -o model.onnx --opset 13
   embed-export model.h5 -o model.onnx --atol 1e-4
+  embed-export big.keras -o big.onnx --external-data-threshold 256MiB
 
 The graph is checked against the Keras model on seeded ids before it is written; on any failure
 nothing is written and the exit status is 1."""
@@ -30,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check (for huge models)")
     parser.add_argument("--atol", type=float, default=1e-5, help="parity tolerance for float outputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification ids")
+    parser.add_argument(
+        "--external-data-threshold",
+        default=None,
+        metavar="SIZE",
+        help="tables larger than this (e.g. 64MiB, 1G, 4096, off) are written to <output>.data, which "
+        "onnxruntime memory-maps (default: $EMBED_EXPORT_EXTERNAL_DATA_THRESHOLD or 64MiB)",
+    )
     return parser
 
 
@@ -54,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify=not args.no_verify,
             atol=args.atol,
             seed=args.seed,
+            external_data_threshold=args.external_data_threshold,
         )
     except ExportError as exc:
         print(f"embed-export: error: {exc}", file=sys.stderr)

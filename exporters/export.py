@@ -23,7 +23,7 @@ from embed_runtime.contract import (
     ModelMetadata,
 )
 
-from . import rewrite
+from . import large, rewrite
 from .convert import convert, hide_gpus
 from .errors import ExportError
 from .keras_model import ModelSpec, describe, load_model, make_tf_function
@@ -50,12 +50,18 @@ class ExportReport:
     parity: Parity | None
     rewrite_max_abs_diff: float | None
     versions: dict[str, str] = field(default_factory=dict)
+    external_data: Path | None = None
+    external_data_bytes: int = 0
 
     def __str__(self) -> str:
         def shape(dims: list[int | str]) -> str:
             return "(" + ", ".join(str(d) for d in dims) + ")"
 
         lines = [f"exported {self.path} ({self.file_bytes:,} bytes, {self.seconds:.2f} s, {self.flavour})"]
+        if self.external_data is not None:
+            lines.append(
+                f"  tables in {self.external_data.name} ({self.external_data_bytes:,} bytes, mmap-aligned)"
+            )
         lines += [f"  input  {n}: {t}{shape(d)}" for n, t, d in self.inputs]
         lines += [f"  output {n}: {t}{shape(d)}" for n, t, d in self.outputs]
         ops = ", ".join(f"{op} x{c}" if c > 1 else op for op, c in self.op_counts.items())
@@ -102,12 +108,14 @@ def _mask_name(layer: str, source: str, pairs: list[tuple[str, str]]) -> str:
     return f"{layer}_{source}_mask"
 
 
-def _session(model: onnx.ModelProto) -> Any:
+def _session(model: onnx.ModelProto | Path) -> Any:
+    """A CPU session of ``model``; a path when the graph has external data (resolved beside it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _io(values: Any) -> list[tuple[str, str, list[int | str]]]:
@@ -195,6 +203,7 @@ def export_keras(
     verify: bool = True,
     atol: float = 1e-5,
     seed: int = 0,
+    external_data_threshold: int | str | None = None,
 ) -> ExportReport:
     """Export a Keras Embedding model to a minimal, verified ONNX file.
 
@@ -208,6 +217,11 @@ def export_keras(
             if any float output differs by more than ``atol`` or any mask differs.
         atol: absolute tolerance for float outputs (float16 outputs get at least 1e-2).
         seed: seed of the verification ids.
+        external_data_threshold: tables with more bytes than this (an int or a size such as ``"64MiB"``;
+            default ``$EMBED_EXPORT_EXTERNAL_DATA_THRESHOLD`` or 64 MiB) bypass TensorFlow and tf2onnx:
+            they are converted as small stand-ins and written from the Keras variables as ONNX external
+            data, ``<path>.data`` beside the ``.onnx``, which onnxruntime memory-maps
+            (see :mod:`exporters.large`).
 
     Returns:
         An :class:`ExportReport`; ``str(report)`` is a readable summary.
@@ -220,6 +234,10 @@ def export_keras(
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     spec = describe(model)
+    out = Path(path)
+    big = large.big_tables(spec, large.resolve_threshold(external_data_threshold))
+    if big:
+        return _export_external(spec, big, out, opset, verify, atol, seed, start)
     raw, graph, masks, infos = build_graph(spec, opset)
     parity = rewrite_diff = None
     if verify:
@@ -230,8 +248,67 @@ def export_keras(
     versions = _versions(spec)
     extra = {KEY_MAX_ABS_DIFF: f"{parity.worst:.3g}"} if parity else {}
     rewrite.finalize(graph, ModelMetadata(tuple(infos), versions, extra), EXPORTER_VERSION)
-    out = Path(path)
     _write_atomically(graph, out)
+    return _report(out, spec, graph, infos, parity, rewrite_diff, versions, start)
+
+
+def _export_external(
+    spec: ModelSpec,
+    big: list[Any],
+    out: Path,
+    opset: int | None,
+    verify: bool,
+    atol: float,
+    seed: int,
+    start: float,
+) -> ExportReport:
+    """The big-table path: convert with stand-ins, stream the real tables to ``<out>.data``, verify the
+    staged files against the Keras model, then rename both into place (see :mod:`exporters.large`)."""
+    rewrite_diff = parity = None
+    with large.stand_ins(spec, big, seed) as subs:
+        raw, graph, masks, infos = build_graph(spec, opset)
+        large.check_row_count_gone(graph, subs)
+        if verify:
+            dims = large.stand_in_input_dims(infos, subs)
+            rewrite_diff = _rewrite_diff(raw, _session_or_error(graph), spec, dims, seed)
+    del raw
+    location = large.data_file_name(out)
+    with large.Staging(out) as stage:
+        placed = large.write_tables(graph, subs, stage.data_path)
+        if verify:
+            staged = onnx.ModelProto()
+            staged.CopyFrom(graph)
+            large.point_to(staged, placed, location)
+            stage.write_model(staged)
+            session = _session_or_error(stage.model_path)
+            input_dims = ModelMetadata(embeddings=tuple(infos)).input_dims()
+            parity = compare(spec, session, masks, input_dims, atol, seed)
+            del session
+        versions = _versions(spec)
+        extra = {KEY_MAX_ABS_DIFF: f"{parity.worst:.3g}"} if parity else {}
+        # finalize checks the graph while the stand-ins are still inline (onnx's checker would look for
+        # the data file relative to the working directory); the staged file is checked by path below.
+        rewrite.finalize(graph, ModelMetadata(tuple(infos), versions, extra), EXPORTER_VERSION)
+        large.point_to(graph, placed, location)
+        stage.write_model(graph)
+        onnx.checker.check_model(str(stage.model_path))
+        data = stage.commit()
+        data_bytes = data.stat().st_size
+    report = _report(out, spec, graph, infos, parity, rewrite_diff, versions, start)
+    report.external_data, report.external_data_bytes = data, data_bytes
+    return report
+
+
+def _report(
+    out: Path,
+    spec: ModelSpec,
+    graph: onnx.ModelProto,
+    infos: list[EmbeddingInfo],
+    parity: Parity | None,
+    rewrite_diff: float | None,
+    versions: dict[str, str],
+    start: float,
+) -> ExportReport:
     return ExportReport(
         path=out,
         flavour=spec.flavour,
@@ -250,7 +327,7 @@ def export_keras(
     )
 
 
-def _session_or_error(graph: onnx.ModelProto) -> Any:
+def _session_or_error(graph: onnx.ModelProto | Path) -> Any:
     try:
         return _session(graph)
     except Exception as exc:  # onnxruntime's own exception types are private

@@ -46,7 +46,8 @@ def sample_feeds(
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Seeded valid ids for inputs ``(name, static length or None, input_dim)``: every batch size, length
     (the static one where fixed) and zero padding at the end, at the start and none. Each row keeps at
-    least one real id so that pooling over a fully padded row (0/0 in Keras too) is not compared."""
+    least one real id so that pooling over a fully padded row (0/0 in Keras too) is not compared. Every
+    case reads the table's last row, and every padded case its first row."""
     rng = np.random.default_rng(seed)
     fixed = {length for _, length, _ in inputs if length is not None}
     for batch in batch_sizes:
@@ -62,8 +63,21 @@ def sample_feeds(
                                 ids[row, length - n_pad :] = 0
                             else:
                                 ids[row, :n_pad] = 0
+                    _include_table_ends(ids, padding, input_dim)
                     feeds[name] = ids
                 yield f"batch={batch} length={length} padding={padding}", feeds
+
+
+def _include_table_ends(ids: np.ndarray, padding: str, input_dim: int) -> None:
+    """Make every case read the table's last row and, where there is padding, its first row (id 0).
+
+    The last id goes where a real id always is (the first position, or the last one under start
+    padding); one padding id goes where padding already is allowed, keeping a real id in each row.
+    """
+    length = ids.shape[1]
+    ids[0, length - 1 if padding == "start" else 0] = input_dim - 1
+    if padding != "none" and length > 1:
+        ids[-1, 0 if padding == "start" else length - 1] = 0
 
 
 def compare(

@@ -1,0 +1,345 @@
+"""Big Embedding tables: convert with small stand-ins, then write the real rows as ONNX external data.
+
+TensorFlow's graph freezing and tf2onnx hold several copies of every weight (about 30x a table's size in
+RAM) and cannot serialise any tensor over 2 GB. A big table does not need them: after the rewrite an
+Embedding is one ``Gather`` on one initializer. So, for every table above the threshold:
+
+1. :func:`stand_ins` swaps the layer's table variable for a small stand-in (a prime number of rows, the
+   real width and dtype, seeded random values) while the model is traced and converted; the rest of the
+   pipeline (``find_table``, the proven index-chain collapse on the *real* ``input_dim``, masks, dims,
+   dead-node removal) runs unchanged on the small graph.
+2. :func:`check_row_count_gone` proves nothing left in the graph remembers the stand-in's row count (Keras
+   3's negative-id wrap ``Add(ids, rows)`` does until the collapse removes it).
+3. :func:`write_tables` streams the real rows from the Keras variable, in row chunks, into one data file
+   at offsets aligned to :data:`ALIGNMENT`, and turns each stand-in initializer into an external-data
+   reference (relative location) of the real shape. onnxruntime memory-maps such initializers on the CPU
+   instead of reading them, so load time and RSS do not grow with the table.
+4. :class:`Staging` keeps the ``.onnx`` and the data file in a temporary folder beside the destination
+   until both are complete and verified, then renames them into place (data first, model last).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import ExportError
+from .keras_model import KERAS3, EmbeddingLayer, ModelSpec
+
+DEFAULT_THRESHOLD = 64 << 20
+"""Tables with more bytes than this take the external-data path (64 MiB: tf2onnx needs ~2 GB for it)."""
+
+THRESHOLD_ENV = "EMBED_EXPORT_EXTERNAL_DATA_THRESHOLD"
+"""Environment variable read when ``export_keras`` gets no ``external_data_threshold``."""
+
+ALIGNMENT = 1 << 16
+"""Offset alignment of each table in the data file. onnxruntime memory-maps an external initializer only
+when its offset is a multiple of the allocation granularity (4 KiB on Linux and macOS, 64 KiB on
+Windows); 64 KiB serves all of them and wastes at most 64 KiB per table."""
+
+CHUNK_BYTES = 32 << 20
+"""Rows are copied out of the Keras variable and written in chunks of about this many bytes."""
+
+_STAND_IN_BYTES = 16 << 20
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``64MiB``, ``64M``, ``1.5G``, ``4096``...; ``off``/``none`` gives no limit at all."""
+    if isinstance(text, int):
+        return text
+    if text.strip().lower() in ("off", "none", "inf"):
+        return 1 << 62
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 64MiB, 512K, 2G, 4096, off)")
+    scale = 1024 ** " kmgt".index((match.group(2) or " ").lower())
+    return int(float(match.group(1)) * scale)
+
+
+def resolve_threshold(value: int | str | None) -> int:
+    """The threshold in bytes: ``value`` if given, else ``$EMBED_EXPORT_EXTERNAL_DATA_THRESHOLD``, else
+    :data:`DEFAULT_THRESHOLD`."""
+    if value is None:
+        value = os.environ.get(THRESHOLD_ENV) or DEFAULT_THRESHOLD
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise ExportError(f"external data threshold: {exc}") from None
+    if size < 0:
+        raise ExportError(f"external data threshold must be >= 0 bytes, not {size}")
+    return size
+
+
+def table_bytes(emb: EmbeddingLayer) -> int:
+    """Size of one Embedding table in bytes."""
+    return int(np.prod(emb.shape)) * np.dtype(emb.dtype).itemsize
+
+
+def data_file_name(model_path: Path) -> str:
+    """Name of the external data file of ``model_path``: ``<model file name>.data``, in the same folder."""
+    return model_path.name + ".data"
+
+
+def big_tables(spec: ModelSpec, threshold: int) -> list[EmbeddingLayer]:
+    """The Embedding tables of ``spec`` with more than ``threshold`` bytes."""
+    return [emb for emb in spec.embeddings if table_bytes(emb) > threshold]
+
+
+@dataclass
+class StandIn:
+    """A big table replaced, while the model is converted, by a small recognisable one."""
+
+    emb: EmbeddingLayer
+    attribute: str
+    original: Any
+    rows: int
+
+    @property
+    def onnx_name(self) -> str:
+        """The initializer name the rewrite gives the table (``<layer>.embeddings``)."""
+        return f"{self.emb.name}.embeddings"
+
+
+def _primes_from(start: int, count: int) -> list[int]:
+    found: list[int] = []
+    n = max(2, start)
+    while len(found) < count:
+        if all(n % d for d in range(2, int(n**0.5) + 1)):
+            found.append(n)
+        n += 1
+    return found
+
+
+def _stand_in_rows(big: Sequence[EmbeddingLayer]) -> list[int]:
+    """Distinct prime row counts, unlikely to be any other constant of the graph, small in bytes."""
+    row_bytes = max(emb.shape[1] * np.dtype(emb.dtype).itemsize for emb in big)
+    start = next((s for s in (7919, 257, 11) if s * row_bytes <= _STAND_IN_BYTES), 2)
+    return _primes_from(start, len(big))
+
+
+def _table_attribute(emb: EmbeddingLayer, flavour: str) -> str:
+    """The attribute that holds the table variable: Keras 3 ``_embeddings``, tf-keras ``embeddings``."""
+    layer = emb.layer
+    if flavour == KERAS3:
+        if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+            raise ExportError(
+                f"Embedding {emb.name!r} is quantized or has LoRA enabled; tables above the external-data "
+                "threshold must be plain float tables (raise the threshold to export it the usual way)"
+            )
+        return "_embeddings"
+    return "embeddings"
+
+
+def _make_variable(values: np.ndarray, flavour: str, name: str) -> Any:
+    if flavour == KERAS3:
+        import keras
+
+        return keras.Variable(values, dtype=values.dtype.name, trainable=False, name=name)
+    import tensorflow as tf
+
+    return tf.Variable(values, trainable=False, name=name)
+
+
+@contextmanager
+def stand_ins(spec: ModelSpec, big: Sequence[EmbeddingLayer], seed: int = 0) -> Iterator[list[StandIn]]:
+    """Swap each big table of ``spec`` for a small stand-in while the block runs; always swapped back.
+
+    The swap bypasses Keras's attribute tracking (``object.__setattr__``), so the model's weights list
+    never sees the stand-in. Inside the block ``emb.read_table()`` returns the stand-in's values.
+    """
+    rng = np.random.default_rng(seed)
+    done: list[StandIn] = []
+    try:
+        for emb, rows in zip(big, _stand_in_rows(big)):
+            attribute = _table_attribute(emb, spec.flavour)
+            original = emb.layer.__dict__.get(attribute)
+            if original is None:
+                raise ExportError(f"Embedding {emb.name!r} keeps no table in {attribute!r}; cannot swap it")
+            values = rng.standard_normal((rows, emb.shape[1])).astype(emb.dtype)
+            stand_in = _make_variable(values, spec.flavour, f"{emb.name}_stand_in")
+            object.__setattr__(emb.layer, attribute, stand_in)
+            done.append(StandIn(emb, attribute, original, rows))
+        yield done
+    finally:
+        for s in reversed(done):
+            object.__setattr__(s.emb.layer, s.attribute, s.original)
+
+
+def _numeric_constants(model: onnx.ModelProto, skip: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    for init in model.graph.initializer:
+        if init.name not in skip and init.data_location != TensorProto.EXTERNAL:
+            yield init.name, numpy_helper.to_array(init)
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield node.name, numpy_helper.to_array(attr.t)
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    graphs.extend(attr.graphs)
+
+
+def check_row_count_gone(model: onnx.ModelProto, subs: Sequence[StandIn]) -> None:
+    """Raise :class:`ExportError` if a constant of the rewritten graph holds a stand-in's row count.
+
+    Such a constant (``rows``, ``rows - 1``, ``-rows`` or ``rows * width``) would be computed from the
+    stand-in's shape, not the real table's, and give wrong results once the real table is in.
+    """
+    suspicious = {v for s in subs for v in (s.rows, s.rows - 1, -s.rows, s.rows * s.emb.shape[1])}
+    tables = {s.onnx_name for s in subs}
+    for name, values in _numeric_constants(model, tables):
+        if values.dtype.kind not in "iuf" or values.size > 1 << 20:
+            continue
+        hits = np.isin(values, list(suspicious))
+        if hits.any():
+            raise ExportError(
+                f"constant {name!r} of the converted graph holds {values[hits].flat[0]}, derived from a "
+                "stand-in table's row count; this model's graph depends on the table size beyond the "
+                "lookup. Raise external_data_threshold above the table size to export it the usual way"
+            )
+
+
+def stand_in_input_dims(infos: Sequence[Any], subs: Sequence[StandIn]) -> dict[str, int]:
+    """Valid id bound per graph input while the stand-ins are in the graph (for the rewrite check)."""
+    rows = {s.emb.name: s.rows for s in subs}
+    bounds: dict[str, int] = {}
+    for info in infos:
+        dim = min(info.input_dim, rows.get(info.layer, info.input_dim))
+        for name in info.inputs:
+            bounds[name] = min(bounds.get(name, dim), dim)
+    return bounds
+
+
+def _tf_variable(variable: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras 3 variable (``.value``); tf-keras variables are already one."""
+    import tensorflow as tf
+
+    inner = getattr(variable, "value", None)
+    return inner if isinstance(inner, tf.Variable) else variable
+
+
+def iter_rows(variable: Any, dtype: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """The table in ``variable`` as C-contiguous little-endian row chunks, without a full copy."""
+    source = _tf_variable(variable)
+    rows, width = (int(d) for d in source.shape)
+    step = max(1, chunk_bytes // max(1, width * np.dtype(dtype).itemsize))
+    want = np.dtype(dtype).newbyteorder("<")
+    for start in range(0, rows, step):
+        chunk = np.asarray(source[start : start + step].numpy())
+        if chunk.dtype != np.dtype(dtype):
+            raise ExportError(f"table rows read as {chunk.dtype}, expected {dtype}")
+        yield np.ascontiguousarray(chunk, dtype=want)
+
+
+def _set_external(init: TensorProto, shape: tuple[int, ...], location: str, offset: int, length: int) -> None:
+    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        init.ClearField(name)
+    del init.dims[:]
+    init.dims.extend(shape)
+    init.data_location = TensorProto.EXTERNAL
+    del init.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        init.external_data.add(key=key, value=value)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one table's bytes are in the data file."""
+
+    name: str
+    shape: tuple[int, int]
+    offset: int
+    length: int
+
+
+def write_tables(model: onnx.ModelProto, subs: Sequence[StandIn], data_path: Path) -> list[Placement]:
+    """Stream the real table of each stand-in the graph uses into ``data_path``, row chunk by row chunk.
+
+    Each table starts at an offset aligned to :data:`ALIGNMENT`. The graph is not changed: apply the
+    result with :func:`point_to`.
+    """
+    inits = {init.name: init for init in model.graph.initializer}
+    placements = []
+    with open(data_path, "wb") as f:
+        for s in subs:
+            init = inits.get(s.onnx_name)
+            if init is None:
+                continue  # a layer the forward pass never uses
+            if tuple(init.dims) != (s.rows, s.emb.shape[1]):
+                raise ExportError(f"initializer {s.onnx_name!r} is not the stand-in of {s.emb.name!r}")
+            want = helper.np_dtype_to_tensor_dtype(np.dtype(s.emb.dtype))
+            if init.data_type != want:
+                raise ExportError(f"table {s.onnx_name!r} has ONNX type {init.data_type}, expected {want}")
+            f.write(b"\0" * (-f.tell() % ALIGNMENT))
+            offset = f.tell()
+            for chunk in iter_rows(s.original, s.emb.dtype):
+                f.write(memoryview(chunk).cast("B"))
+            length = f.tell() - offset
+            if length != table_bytes(s.emb):
+                raise ExportError(f"wrote {length} bytes for {s.emb.name!r}, expected {table_bytes(s.emb)}")
+            placements.append(Placement(s.onnx_name, s.emb.shape, offset, length))
+    return placements
+
+
+def point_to(model: onnx.ModelProto, placements: Sequence[Placement], location: str) -> None:
+    """Turn each placed table's initializer into a reference to ``location`` (relative to the ``.onnx``)
+    with the real shape: the graph then holds no table bytes."""
+    inits = {init.name: init for init in model.graph.initializer}
+    for p in placements:
+        init = inits[p.name]
+        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            init.ClearField(name)
+        del init.dims[:]
+        init.dims.extend(p.shape)
+        init.data_location = TensorProto.EXTERNAL
+        del init.external_data[:]
+        for key, value in (("location", location), ("offset", str(p.offset)), ("length", str(p.length))):
+            init.external_data.add(key=key, value=value)
+
+
+class Staging:
+    """A temporary folder beside ``path`` holding the ``.onnx`` and its data file until :meth:`commit`.
+
+    The files keep their final names inside it, so the relative external-data location resolves there
+    exactly as it will beside ``path``. Leaving the ``with`` block removes the folder and whatever is
+    still in it: a failed export leaves nothing behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        self.model_path = self.folder / path.name
+        self.data_path = self.folder / data_file_name(path)
+
+    def write_model(self, model: onnx.ModelProto) -> None:
+        """(Re)write the staged ``.onnx`` (only the graph: external tables stay where they are)."""
+        self.model_path.write_bytes(model.SerializeToString())
+
+    def commit(self) -> Path:
+        """Rename the data file, then the model, into place; returns the data file's final path."""
+        data = self.path.parent / data_file_name(self.path)
+        os.replace(self.data_path, data)
+        os.replace(self.model_path, self.path)
+        return data
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
