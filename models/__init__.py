@@ -98,3 +98,19 @@ def trained(name: str, flavour: str = "keras3", seed: int = 0) -> Any:
     """``build_and_train(flavour, seed)`` of model ``name``, cached per process so that test modules
     share one training run."""
     return info(name).train_module().build_and_train(flavour=flavour, seed=seed)
+
+
+@functools.cache
+def exported(name: str, flavour: str = "keras3", seed: int = 0) -> tuple[Path, Any]:
+    """Export ``trained(name, flavour, seed)`` once per process to a temporary folder.
+
+    Returns ``(onnx path, ExportReport)``; tests share it so that each model is exported once per flavour.
+    """
+    import tempfile
+
+    from exporters import export_keras
+
+    folder = Path(tempfile.mkdtemp(prefix=f"embed-{name}-{flavour}-"))
+    path = folder / "model.onnx"
+    report = export_keras(trained(name, flavour, seed), path)
+    return path, report
