@@ -172,28 +172,83 @@ def check_shape(array: np.ndarray, spec: TensorSpec) -> None:
             )
 
 
-def check_range(array: np.ndarray, spec: TensorSpec) -> None:
+@dataclass(frozen=True)
+class RangePlan:
+    """How to check ids of one source dtype against one input: ``view`` the ids as this unsigned dtype
+    (``None``: as they are) and compare the ``max`` with ``limit``; ``minmax`` compares both ends with
+    ``[lo, hi]``; ``skip`` when the source dtype cannot hold a bad value."""
+
+    lo: int
+    hi: int
+    skip: bool
+    minmax: bool
+    view: np.dtype[Any] | None
+    limit: int
+
+
+def range_plan(src: np.dtype[Any], spec: TensorSpec) -> RangePlan:
+    """The cheapest check of ``src``-typed ids for ``spec``: one reduction when ``input_dim`` is known."""
+    lo_dt, hi_dt = _int_limits(spec.dtype)
+    src_lo, src_hi = _int_limits(src)
+    lo = 0 if spec.input_dim is not None else lo_dt
+    hi = hi_dt if spec.input_dim is None else min(hi_dt, spec.input_dim - 1)  # inclusive
+    skip = src_lo >= lo and src_hi <= hi
+    if lo == 0 and src_lo < 0:  # negatives viewed as unsigned are > src_hi
+        return RangePlan(lo, hi, skip, False, np.dtype(f"u{src.itemsize}"), min(hi, src_hi))
+    return RangePlan(lo, hi, skip, lo != 0, None, hi)
+
+
+def check_range(array: np.ndarray, spec: TensorSpec, plan: RangePlan | None = None) -> None:
     """Raise :class:`InvalidInputError` unless every id fits ``spec`` (``[0, input_dim)`` and the graph dtype).
 
     Happy path: one ``max`` over an unsigned view of the ids (negatives become huge); zero or one pass.
     """
-    if array.size == 0:
+    plan = plan or range_plan(array.dtype, spec)
+    if plan.skip or array.size == 0:
         return
-    lo_dt, hi_dt = _int_limits(spec.dtype)
-    src_lo, src_hi = _int_limits(array.dtype)
-    lo = 0 if spec.input_dim is not None else lo_dt
-    hi = hi_dt if spec.input_dim is None else min(hi_dt, spec.input_dim - 1)  # inclusive
-    if src_lo >= lo and src_hi <= hi:
-        return  # the source dtype cannot hold a bad value
-    if lo == 0:
-        unsigned = array.view(np.dtype(f"u{array.dtype.itemsize}")) if src_lo < 0 else array
-        limit = hi if src_lo >= 0 else min(hi, src_hi)  # negatives view as > src_hi
-        if int(unsigned.max()) <= limit:
+    if plan.minmax:
+        if int(array.min()) >= plan.lo and int(array.max()) <= plan.hi:
             return
-    else:
-        if int(array.min()) >= lo and int(array.max()) <= hi:
-            return
-    _raise_range(array, spec, lo, hi)
+    elif int((array if plan.view is None else array.view(plan.view)).max()) <= plan.limit:
+        return
+    _raise_range(array, spec, plan.lo, plan.hi)
+
+
+class FastCheck:
+    """The hot path of :func:`prepare` for a native-endian integer ndarray of the right rank: dtype plans
+    are computed once, then a call costs one reduction and a few attribute reads. Returns ``None`` when
+    the array needs the general path (wrong rank, lengths, dtype kind), which then raises or converts."""
+
+    def __init__(self, spec: TensorSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.rank = len(spec.shape)
+        self.static = tuple((axis, n) for axis, n in enumerate(spec.shape) if n is not None)
+        self.plans: dict[np.dtype[Any], RangePlan] = {}
+        if spec.dtype.kind in "iu":
+            for kind in "iu":
+                for size in (1, 2, 4, 8):
+                    dtype = np.dtype(f"{kind}{size}")
+                    self.plans[dtype] = range_plan(dtype, spec)
+
+    def __call__(self, array: np.ndarray) -> np.ndarray | None:
+        """``array`` validated and in the graph's dtype, or ``None`` for the general path."""
+        plan = self.plans.get(array.dtype)
+        if plan is None or array.ndim != self.rank:
+            return None
+        shape = array.shape
+        for axis, n in self.static:
+            if shape[axis] != n:
+                return None
+        if plan.skip or not array.size:
+            pass
+        elif plan.minmax or plan.view is None:
+            check_range(array, self.spec, plan)
+        elif int(array.view(plan.view).max()) > plan.limit:
+            _raise_range(array, self.spec, plan.lo, plan.hi)
+        if array.dtype != self.spec.dtype or not array.flags.c_contiguous:
+            return np.ascontiguousarray(array, dtype=self.spec.dtype)
+        return array
 
 
 def _raise_range(array: np.ndarray, spec: TensorSpec, lo: int, hi: int) -> None:

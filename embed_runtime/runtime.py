@@ -18,8 +18,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
+from sys import getrefcount
 from typing import Any
 
 import numpy as np
@@ -27,11 +29,15 @@ import onnxruntime as ort
 
 from .contract import ModelMetadata
 from .errors import EmbedRuntimeError, InferenceError, InputTypeError, InvalidInputError, ModelLoadError
-from .inputs import TensorSpec, prepare_all
+from .inputs import FastCheck, TensorSpec, prepare_all
 from .session import Providers, RuntimeOptions, create_session, numpy_dtype
 
+MAX_BUFFER_SETS = 3
+"""Buffer sets per input shape: enough for a caller that keeps the previous result while asking the next."""
+
 Shape = tuple[int, ...]
-_Key = tuple[tuple[tuple[str, Shape], ...], tuple[str, ...]]
+_Key = tuple[tuple[Shape, ...], tuple[str, ...]]
+_Layout = tuple[tuple[tuple[str, Shape, np.dtype[Any]], ...], ...]
 
 
 def _spec(arg: Any, input_dims: Mapping[str, int] | None = None) -> TensorSpec:
@@ -50,27 +56,73 @@ def _spec(arg: Any, input_dims: Mapping[str, int] | None = None) -> TensorSpec:
     )
 
 
-class _Bound:
-    """One ``IOBinding`` with its own input and output buffers, reused for one input shape."""
+class _BufferSet:
+    """One ``IOBinding`` with its own input and output buffers, bound once."""
 
-    __slots__ = ("binding", "inputs", "outputs")
+    __slots__ = ("binding", "idle_refs", "inputs", "outputs", "run_bound")
 
-    def __init__(
-        self, sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], results: dict[str, np.ndarray]
-    ):
+    def __init__(self, sess: ort.InferenceSession, layout: _Layout):
         self.binding = sess.io_binding()
-        self.inputs = {name: np.empty_like(a) for name, a in feeds.items()}
-        self.outputs = {name: np.empty_like(a) for name, a in results.items()}
+        self.inputs = {name: np.empty(shape, dtype) for name, shape, dtype in layout[0]}
+        self.outputs = {name: np.empty(shape, dtype) for name, shape, dtype in layout[1]}
         for name, buf in self.inputs.items():
             self.binding.bind_cpu_input(name, buf)
         for name, buf in self.outputs.items():
             self.binding.bind_output(name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
+        # The public wrapper adds WebGPU graph-capture bookkeeping (a few microseconds per call) that this
+        # binding never uses; call the pybind method under it when this onnxruntime has one.
+        inner_sess, inner_binding = getattr(sess, "_sess", None), getattr(self.binding, "_iobinding", None)
+        if inner_sess is not None and inner_binding is not None and not _captures(sess):
+            self.run_bound = partial(inner_sess.run_with_iobinding, inner_binding, None)
+        else:
+            self.run_bound = partial(sess.run_with_iobinding, self.binding)
+        self.idle_refs: list[int] = []  # set by _Bound once this frame's locals are gone
 
-    def run(self, sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def refs(self) -> list[int]:
+        """Reference counts of the output buffers; above :attr:`idle_refs` while a caller holds one (or a
+        view of one: a view references its base array)."""
+        return [getrefcount(buf) for buf in self.outputs.values()]
+
+
+class _Bound:
+    """The buffer sets of one input shape. Results are the bound output arrays themselves (no copy); a set
+    is only run again once the caller has dropped every reference to its previous results, so nobody ever
+    sees an array change under them. A loop ``out = rt.run(ids)`` alternates between two sets."""
+
+    __slots__ = ("layout", "sess", "sets")
+
+    def __init__(
+        self, sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]
+    ):
+        self.sess = sess
+        self.layout: _Layout = (
+            tuple((name, a.shape, a.dtype) for name, a in feeds.items()),
+            tuple((name, a.shape, a.dtype) for name, a in like.items()),
+        )
+        self.sets: list[_BufferSet] = []
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The outputs, or ``None`` when every set is still held and no new one may be made."""
+        for buffers in self.sets:
+            if [getrefcount(buf) for buf in buffers.outputs.values()] == buffers.idle_refs:
+                break
+        else:
+            if len(self.sets) >= MAX_BUFFER_SETS:
+                return None
+            buffers = _BufferSet(self.sess, self.layout)
+            buffers.idle_refs = buffers.refs()
+            self.sets.append(buffers)
+        inputs = buffers.inputs
         for name, a in feeds.items():
-            np.copyto(self.inputs[name], a)
-        sess.run_with_iobinding(self.binding)
-        return {name: buf.copy() for name, buf in self.outputs.items()}
+            inputs[name][...] = a
+        buffers.run_bound()
+        return buffers.outputs.copy()
+
+
+def _captures(sess: ort.InferenceSession) -> bool:
+    """Whether the session captures GPU graphs (then only the public IOBinding path is correct)."""
+    check = getattr(getattr(sess, "_sess", None), "is_webgpu_graph_capture_enabled", None)
+    return bool(check()) if check is not None else False
 
 
 class Runtime:
@@ -104,6 +156,8 @@ class Runtime:
         self._output_names = tuple(s.name for s in self.outputs)
         self._out_specs = {s.name: s for s in self.outputs}
         self._local = threading.local()
+        self._fast_check = FastCheck(self.inputs[0]) if len(self.inputs) == 1 else None
+        self._io_binding = opts.io_binding
 
     def __repr__(self) -> str:
         return f"Runtime({str(self.path)!r}, providers={self.providers})"
@@ -112,12 +166,6 @@ class Runtime:
     def providers(self) -> list[str]:
         """Execution providers onnxruntime really uses for this session, best first."""
         return list(self.session.get_providers())
-
-    def _cache(self) -> OrderedDict[_Key, _Bound]:
-        cache: OrderedDict[_Key, _Bound] | None = getattr(self._local, "cache", None)
-        if cache is None:
-            cache = self._local.cache = OrderedDict()
-        return cache
 
     def _select(self, outputs: Sequence[str] | str | None) -> tuple[str, ...]:
         if outputs is None:
@@ -153,24 +201,38 @@ class Runtime:
         ``out``. Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
         :class:`InferenceError` when onnxruntime fails.
         """
-        feeds = prepare_all(inputs, self.inputs, single_sequence)
-        names = self._select(outputs)
+        fast = self._fast_check
+        checked = None
+        if fast is not None and type(inputs) is np.ndarray and not single_sequence:
+            checked = fast(inputs)
+        if checked is not None:
+            feeds = {fast.name: checked}
+            shapes: tuple[Shape, ...] = (checked.shape,)
+        else:
+            feeds = prepare_all(inputs, self.inputs, single_sequence)
+            shapes = tuple(a.shape for a in feeds.values())  # feeds are in graph input order
+        names = self._output_names if outputs is None else self._select(outputs)
         if out is not None:
             return self._run_into(feeds, names, out)
-        if not self.options.io_binding:
+        if not self._io_binding:
             return self._run_plain(feeds, names)
-        key = (tuple((n, a.shape) for n, a in feeds.items()), names)
-        cache = self._cache()
+        key = (shapes, names)
+        try:
+            cache = self._local.cache
+        except AttributeError:
+            cache = self._local.cache = OrderedDict()
         bound = cache.get(key)
-        if bound is not None:
-            try:
-                return bound.run(self.session, feeds)
-            except Exception:  # e.g. data-dependent output shapes: forget the binding, run plainly
-                del cache[key]
-                return self._run_plain(feeds, names)
-        result = self._run_plain(feeds, names)
-        self._remember(cache, key, feeds, result)
-        return result
+        if bound is None:
+            result = self._run_plain(feeds, names)
+            self._remember(cache, key, feeds, result)
+            return result
+        cache.move_to_end(key)
+        try:
+            result = bound.run(feeds)
+        except Exception:  # e.g. data-dependent output shapes: forget the binding, run plainly
+            del cache[key]
+            result = None
+        return self._run_plain(feeds, names) if result is None else result
 
     def _remember(
         self,
