@@ -2,11 +2,14 @@
 
 Fast paths (each compared with the plain path in the tests):
 
-* **IO binding with reuse**: after a first plain run for a given input shape, each thread keeps an
-  ``IOBinding`` with bound input and output buffers for that shape (LRU, outputs up to
-  ``RuntimeOptions.io_binding_max_bytes``). Later calls copy the ids in, run, and return *copies* of the
-  outputs, so the caller never holds a buffer that a later call overwrites. The buffers live as long as
-  their binding: onnxruntime writes through the bound pointers.
+* **IO binding with reuse**: after a first plain run for a given input shape, each thread keeps
+  ``IOBinding`` objects with bound input and output buffers for that shape (LRU over
+  ``RuntimeOptions.io_binding_cache`` shapes, outputs up to ``RuntimeOptions.io_binding_max_bytes``, at most
+  :data:`MAX_BUFFER_SETS` sets per shape). Later calls copy the ids in, run, and return the bound output
+  arrays themselves, without a copy. A set is run again only when its reference counts show that the
+  caller has dropped every array (and view) it returned, so no caller ever sees a result change; when all
+  sets are held, the call takes the plain path. The buffers live as long as their binding: onnxruntime
+  writes through the bound pointers.
 * ``out=``: caller-owned arrays are bound as outputs, so a big batch is written straight into them.
 * :meth:`Runtime.run_batched`: chunked streaming with memory bounded by the chunk size.
 """
@@ -104,7 +107,7 @@ class _Bound:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The outputs, or ``None`` when every set is still held and no new one may be made."""
         for buffers in self.sets:
-            if [getrefcount(buf) for buf in buffers.outputs.values()] == buffers.idle_refs:
+            if buffers.refs() == buffers.idle_refs:
                 break
         else:
             if len(self.sets) >= MAX_BUFFER_SETS:
@@ -156,7 +159,8 @@ class Runtime:
         self._output_names = tuple(s.name for s in self.outputs)
         self._out_specs = {s.name: s for s in self.outputs}
         self._local = threading.local()
-        self._fast_check = FastCheck(self.inputs[0]) if len(self.inputs) == 1 else None
+        self._checks = {s.name: FastCheck(s) for s in self.inputs}
+        self._fast_check = self._checks[self.inputs[0].name] if len(self.inputs) == 1 else None
         self._io_binding = opts.io_binding
 
     def __repr__(self) -> str:
@@ -209,7 +213,7 @@ class Runtime:
             feeds = {fast.name: checked}
             shapes: tuple[Shape, ...] = (checked.shape,)
         else:
-            feeds = prepare_all(inputs, self.inputs, single_sequence)
+            feeds = prepare_all(inputs, self.inputs, single_sequence, self._checks)
             shapes = tuple(a.shape for a in feeds.values())  # feeds are in graph input order
         names = self._output_names if outputs is None else self._select(outputs)
         if out is not None:
