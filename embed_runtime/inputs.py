@@ -76,6 +76,18 @@ def _from_object_list(value: Any, name: str, array: np.ndarray) -> np.ndarray:
     return np.asarray(value, dtype=np.int64)
 
 
+def _reject_bools(value: Sequence[Any], name: str) -> None:
+    """numpy reads ``[1, True]`` as ``[1, 1]``; a bool among list ids is a type error like a bool array."""
+    for i, row in enumerate(value):
+        items = row if isinstance(row, (list, tuple)) else (row,)
+        for j, item in enumerate(items):
+            if isinstance(item, (bool, np.bool_)):
+                where = f"[{i}, {j}]" if items is row else f"[{i}]"
+                raise InputTypeError(
+                    f"input {name!r}: element at {where} is {item!r}; ids must be integers, not bool"
+                )
+
+
 def _pad_ragged(rows: Sequence[Any], name: str, length: int | None) -> np.ndarray:
     """Pad a ragged list of 1-D sequences with PADDING_ID to the longest row (or the fixed ``length``)."""
     converted = []
@@ -130,7 +142,9 @@ def as_id_array(value: Any, name: str, length: int | None = None) -> np.ndarray:
             array = _from_object_list(value, name, array)
         elif array.size == 0 and array.dtype.kind == "f":  # [] or [[]]
             array = array.astype(np.int64)
-        elif array.ndim == 2 and length is not None and array.shape[1] < length and array.dtype.kind in "iu":
+        if array.dtype.kind in "iu":
+            _reject_bools(value, name)
+        if array.ndim == 2 and length is not None and array.shape[1] < length and array.dtype.kind in "iu":
             return _pad_ragged(value, name, length)
     elif isinstance(value, (str, bytes, dict, set)) or value is None:
         raise InputTypeError(f"input {name!r} is {type(value).__name__}; expected an array of integer ids")

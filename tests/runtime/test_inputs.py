@@ -86,6 +86,7 @@ def test_single_sequence_keeps_batch_axis(rt: embed_runtime.Runtime, single: Bui
         (np.array([[True, False]]), InputTypeError, r"bool"),
         ([[True, False]], InputTypeError, r"bool"),
         ([[1, 2.5]], InputTypeError, r"float"),
+        ([[1, 2], [3, True]], InputTypeError, r"element at \[1, 1\] is True; ids must be integers, not bool"),
         (np.array([["a", "b"]]), InputTypeError, r"<U1"),
         ([["a"]], InputTypeError, r"ids must be integers"),
         (np.array([[1, 2]], dtype=object), InputTypeError, r"object"),
