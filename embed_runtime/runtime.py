@@ -4,12 +4,12 @@ Fast paths (each compared with the plain path in the tests):
 
 * **IO binding with reuse**: after a first plain run for a given input shape, each thread keeps
   ``IOBinding`` objects with bound input and output buffers for that shape (LRU over
-  ``RuntimeOptions.io_binding_cache`` shapes, outputs up to ``RuntimeOptions.io_binding_max_bytes``, at most
-  :data:`MAX_BUFFER_SETS` sets per shape). Later calls copy the ids in, run, and return the bound output
-  arrays themselves, without a copy. A set is run again only when its reference counts show that the
-  caller has dropped every array (and view) it returned, so no caller ever sees a result change; when all
-  sets are held, the call takes the plain path. The buffers live as long as their binding: onnxruntime
-  writes through the bound pointers.
+  ``RuntimeOptions.io_binding_cache`` shapes, outputs up to ``RuntimeOptions.io_binding_max_bytes``,
+  at most :data:`~embed_runtime.session.MAX_BUFFER_SETS` sets per shape). Later calls copy the ids in,
+  run, and return the bound output arrays themselves, without a copy. A set is run again only when its
+  reference counts show that the caller has dropped every array (and view) it returned, so no caller
+  ever sees a result change; when all sets are held, the call takes the plain path. The buffers live as
+  long as their binding: onnxruntime writes through the bound pointers.
 * ``out=``: caller-owned arrays are bound as outputs, so a big batch is written straight into them.
 * :meth:`Runtime.run_batched`: chunked streaming with memory bounded by the chunk size.
 """
@@ -21,26 +21,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from functools import partial
 from itertools import islice
 from pathlib import Path
-from sys import getrefcount
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from .contract import ModelMetadata
 from .errors import EmbedRuntimeError, InferenceError, InputTypeError, InvalidInputError, ModelLoadError
 from .inputs import FastCheck, TensorSpec, prepare_all
-from .session import Providers, RuntimeOptions, create_session, numpy_dtype
+from .session import BoundShape, Providers, RuntimeOptions, Shape, create_session, numpy_dtype
 
-MAX_BUFFER_SETS = 3
-"""Buffer sets per input shape: enough for a caller that keeps the previous result while asking the next."""
-
-Shape = tuple[int, ...]
 _Key = tuple[tuple[Shape, ...], tuple[str, ...]]
-_Layout = tuple[tuple[tuple[str, Shape, np.dtype[Any]], ...], ...]
 
 
 def _spec(arg: Any, input_dims: Mapping[str, int] | None = None) -> TensorSpec:
@@ -57,75 +49,6 @@ def _spec(arg: Any, input_dims: Mapping[str, int] | None = None) -> TensorSpec:
         input_length=length,
         dim_names=names,
     )
-
-
-class _BufferSet:
-    """One ``IOBinding`` with its own input and output buffers, bound once."""
-
-    __slots__ = ("binding", "idle_refs", "inputs", "outputs", "run_bound")
-
-    def __init__(self, sess: ort.InferenceSession, layout: _Layout):
-        self.binding = sess.io_binding()
-        self.inputs = {name: np.empty(shape, dtype) for name, shape, dtype in layout[0]}
-        self.outputs = {name: np.empty(shape, dtype) for name, shape, dtype in layout[1]}
-        for name, buf in self.inputs.items():
-            self.binding.bind_cpu_input(name, buf)
-        for name, buf in self.outputs.items():
-            self.binding.bind_output(name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
-        # The public wrapper adds WebGPU graph-capture bookkeeping (a few microseconds per call) that this
-        # binding never uses; call the pybind method under it when this onnxruntime has one.
-        inner_sess, inner_binding = getattr(sess, "_sess", None), getattr(self.binding, "_iobinding", None)
-        if inner_sess is not None and inner_binding is not None and not _captures(sess):
-            self.run_bound = partial(inner_sess.run_with_iobinding, inner_binding, None)
-        else:
-            self.run_bound = partial(sess.run_with_iobinding, self.binding)
-        self.idle_refs: list[int] = []  # set by _Bound once this frame's locals are gone
-
-    def refs(self) -> list[int]:
-        """Reference counts of the output buffers; above :attr:`idle_refs` while a caller holds one (or a
-        view of one: a view references its base array)."""
-        return [getrefcount(buf) for buf in self.outputs.values()]
-
-
-class _Bound:
-    """The buffer sets of one input shape. Results are the bound output arrays themselves (no copy); a set
-    is only run again once the caller has dropped every reference to its previous results, so nobody ever
-    sees an array change under them. A loop ``out = rt.run(ids)`` alternates between two sets."""
-
-    __slots__ = ("layout", "sess", "sets")
-
-    def __init__(
-        self, sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]
-    ):
-        self.sess = sess
-        self.layout: _Layout = (
-            tuple((name, a.shape, a.dtype) for name, a in feeds.items()),
-            tuple((name, a.shape, a.dtype) for name, a in like.items()),
-        )
-        self.sets: list[_BufferSet] = []
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        """The outputs, or ``None`` when every set is still held and no new one may be made."""
-        for buffers in self.sets:
-            if buffers.refs() == buffers.idle_refs:
-                break
-        else:
-            if len(self.sets) >= MAX_BUFFER_SETS:
-                return None
-            buffers = _BufferSet(self.sess, self.layout)
-            buffers.idle_refs = buffers.refs()
-            self.sets.append(buffers)
-        inputs = buffers.inputs
-        for name, a in feeds.items():
-            inputs[name][...] = a
-        buffers.run_bound()
-        return buffers.outputs.copy()
-
-
-def _captures(sess: ort.InferenceSession) -> bool:
-    """Whether the session captures GPU graphs (then only the public IOBinding path is correct)."""
-    check = getattr(getattr(sess, "_sess", None), "is_webgpu_graph_capture_enabled", None)
-    return bool(check()) if check is not None else False
 
 
 class Runtime:
@@ -240,7 +163,7 @@ class Runtime:
 
     def _remember(
         self,
-        cache: OrderedDict[_Key, _Bound],
+        cache: OrderedDict[_Key, BoundShape],
         key: _Key,
         feeds: dict[str, np.ndarray],
         result: dict[str, np.ndarray],
@@ -251,7 +174,7 @@ class Runtime:
             return
         if sum(a.nbytes for a in result.values()) > self.options.io_binding_max_bytes:
             return
-        cache[key] = _Bound(self.session, feeds, result)
+        cache[key] = BoundShape(self.session, feeds, result)
         while len(cache) > self.options.io_binding_cache:
             cache.popitem(last=False)
 
