@@ -106,6 +106,17 @@ class Runtime:
             )
         return names
 
+    def prepare(self, inputs: Any, *, single_sequence: bool = False) -> dict[str, np.ndarray]:
+        """Validate ``inputs`` exactly as :meth:`run` does and return what onnxruntime would be fed:
+        ``{input name: C-contiguous array of the graph's dtype}`` (the caller's array when it already is
+        one). Raises :class:`InvalidInputError` / :class:`InputTypeError` like :meth:`run`."""
+        fast = self._fast_check
+        if fast is not None and type(inputs) is np.ndarray and not single_sequence:
+            checked = fast(inputs)
+            if checked is not None:
+                return {fast.name: checked}
+        return prepare_all(inputs, self.inputs, single_sequence, self._checks)
+
     def run(
         self,
         inputs: Any,
@@ -124,11 +135,11 @@ class Runtime:
             outputs: names of the outputs to compute (default: all).
             single_sequence: ``inputs`` is one 1-D sequence; the outputs keep a batch axis of 1.
 
-        Returned arrays belong to the caller (no later call writes into them) unless they were passed in
-        ``out``. Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
+        Returned arrays belong to the caller: no later call writes into them while the caller holds them
+        or a view of them (arrays passed in ``out`` are, of course, written by the calls they are passed to). Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
         :class:`InferenceError` when onnxruntime fails.
         """
-        fast = self._fast_check
+        fast = self._fast_check  # inlined :meth:`prepare` for one ndarray: this is the 1x16 hot path
         checked = None
         if fast is not None and type(inputs) is np.ndarray and not single_sequence:
             checked = fast(inputs)

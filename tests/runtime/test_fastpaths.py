@@ -200,3 +200,21 @@ def test_run_batched_without_tqdm(single: Built, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if tqdm were not installed
     rt = embed_runtime.load(single.path, providers="cpu")
     assert len(list(rt.run_batched(ids_of((5, 2), 0), batch_size=2))) == 3
+
+
+def test_prepare_is_the_validation_of_run(models: dict[str, Built]) -> None:
+    rt = embed_runtime.load(models["int32"].path, providers="cpu")
+    ids = np.array([[1, 2], [3, 0]], np.uint8)
+    feeds = rt.prepare(ids)
+    assert list(feeds) == ["input_ids"] and feeds["input_ids"].dtype == np.int32
+    assert feeds["input_ids"].flags.c_contiguous
+    assert rt.prepare([[1], [2, 3]])["input_ids"].tolist() == [[1, 0], [2, 3]]
+    own = np.array([[4, 5]], np.int32)
+    assert rt.prepare(own)["input_ids"] is own  # no copy when already right
+    with pytest.raises(InvalidInputError, match="id -1"):
+        rt.prepare(np.array([[-1]]))
+    two = embed_runtime.load(models["two"].path, providers="cpu")
+    assert set(two.prepare({"user_id": [[1]], "item_id": np.array([[2]], np.int16)})) == {
+        "user_id",
+        "item_id",
+    }
