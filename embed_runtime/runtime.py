@@ -56,6 +56,14 @@ class Runtime:
 
     Thread-safe: :meth:`run` may be called from several threads at once (each thread has its own bound
     buffers).
+
+    Attributes:
+        path: the model file.
+        inputs: one :class:`TensorSpec` per graph input, with ``input_dim`` / ``input_length`` when known.
+        outputs: one :class:`TensorSpec` per graph output.
+        metadata: the contract's :class:`~embed_runtime.contract.ModelMetadata` (empty for foreign files).
+        options: the :class:`RuntimeOptions` in effect (``threads=`` folded in).
+        session: the underlying ``onnxruntime.InferenceSession``.
     """
 
     def __init__(
