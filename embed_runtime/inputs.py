@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,9 @@ def check_shape(array: np.ndarray, spec: TensorSpec) -> None:
             )
 
 
+_max_reduce = np.maximum.reduce  # ndarray.max() without its Python wrapper: ~0.3 us less per call
+
+
 @dataclass(frozen=True)
 class RangePlan:
     """How to check ids of one source dtype against one input: ``view`` the ids as this unsigned dtype
@@ -200,6 +204,7 @@ class RangePlan:
     limit: int
 
 
+@lru_cache(maxsize=256)
 def range_plan(src: np.dtype[Any], spec: TensorSpec) -> RangePlan:
     """The cheapest check of ``src``-typed ids for ``spec``: one reduction when ``input_dim`` is known."""
     lo_dt, hi_dt = _int_limits(spec.dtype)
@@ -258,7 +263,7 @@ class FastCheck:
             pass
         elif plan.minmax or plan.view is None:
             check_range(array, self.spec, plan)
-        elif int(array.view(plan.view).max()) > plan.limit:
+        elif int(_max_reduce(array.view(plan.view), None)) > plan.limit:
             _raise_range(array, self.spec, plan.lo, plan.hi)
         if array.dtype != self.spec.dtype or not array.flags.c_contiguous:
             return np.ascontiguousarray(array, dtype=self.spec.dtype)
