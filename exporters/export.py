@@ -164,7 +164,7 @@ def build_graph(
                 if mask in outputs:
                     raise ExportError(f"the model already has an output named {mask!r}; rename that layer")
                 outputs.add(mask)
-                rewrite.add_mask_output(model, src, mask, lengths[src] or "sequence")
+                rewrite.add_mask_output(model, src, mask, rewrite.sequence_dim(src, lengths))
                 masks.append(MaskSource(mask, emb.layer, src))
             infos.append(
                 EmbeddingInfo(

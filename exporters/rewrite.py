@@ -233,17 +233,26 @@ def rename(model: onnx.ModelProto, old: str, new: str) -> None:
                     field[i] = new
 
 
+def sequence_dim(input_name: str, lengths: dict[str, int | None]) -> int | str:
+    """The second axis of id input ``input_name``: its static length, else ``sequence`` when the model has
+    one input and ``<input>_sequence`` when it has several (so that their lengths may differ)."""
+    if lengths.get(input_name) is not None:
+        return int(lengths[input_name])  # type: ignore[arg-type]
+    return "sequence" if len(lengths) == 1 else f"{input_name}_sequence"
+
+
 def set_io_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
-    """Name the axes: inputs ``(batch, sequence)`` or a static length; outputs' first axis ``batch``."""
+    """Name the axes: inputs ``(batch, sequence_dim)``; outputs' first axis ``batch``."""
     for inp in model.graph.input:
         dims = inp.type.tensor_type.shape.dim
         dims[0].Clear()
         dims[0].dim_param = "batch"
         dims[1].Clear()
-        if lengths.get(inp.name) is None:
-            dims[1].dim_param = "sequence"
+        seq = sequence_dim(inp.name, lengths)
+        if isinstance(seq, int):
+            dims[1].dim_value = seq
         else:
-            dims[1].dim_value = int(lengths[inp.name])
+            dims[1].dim_param = seq
     inferred = _inferred_output_dims(model)
     for out in model.graph.output:
         dims = out.type.tensor_type.shape.dim

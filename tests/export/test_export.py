@@ -343,3 +343,20 @@ def test_non_tensorflow_keras_backend_is_refused(k3, monkeypatch, tmp_path):
     with pytest.raises(ExportError, match=r"'jax' backend.*KERAS_BACKEND=tensorflow"):
         export_keras(model, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_inputs_of_different_lengths_get_their_own_sequence_axis(k3, tmp_path):
+    a = k3.Input((None,), dtype="int32", name="query")
+    b = k3.Input((None,), dtype="int32", name="document")
+    emb = k3.layers.Embedding(30, 4, mask_zero=True, name="words")
+    pool = k3.layers.GlobalAveragePooling1D()
+    model = k3.Model([a, b], k3.layers.Dot(axes=1, name="score")([pool(emb(a)), pool(emb(b))]))
+    export_keras(model, tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert io_dims(proto.graph.input) == {"query": ["batch", "query_sequence"],
+                                          "document": ["batch", "document_sequence"]}
+    assert io_dims(proto.graph.output)["words_query_mask"] == ["batch", "query_sequence"]
+    q, d = np.array([[3, 4, 0]], np.int64), np.array([[5, 6, 7, 8, 0, 0]], np.int64)
+    out = run(tmp_path / "m.onnx", {"query": q, "document": d})  # onnxruntime accepts different lengths
+    np.testing.assert_allclose(out["score"], np.asarray(model([q, d])), atol=1e-5)
+    np.testing.assert_array_equal(out["words_document_mask"], d != 0)
