@@ -1,5 +1,7 @@
-"""The full comparison of issue 5: Keras/TensorFlow, Keras's own ONNX export, raw onnxruntime, our runtime,
-numpy and the memory-copy floor, side by side in one process; cold starts, streaming and export size.
+"""The full performance comparison of issue 5, with TensorFlow: ``python benchmarks/compare.py``.
+
+Keras/TensorFlow, Keras's own ONNX export, raw onnxruntime, our runtime, numpy and the memory-copy floor,
+side by side in one process; then cold starts, streaming and export size.
 
     TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/compare.py            # full run, < 10 minutes on 2 cores
     TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/compare.py --quick    # a short run with small budgets

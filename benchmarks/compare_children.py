@@ -65,7 +65,8 @@ def tf_cold(model: str, batch: int, seq: int) -> dict[str, Any]:
 
 
 def stream(model: str, sequences: int, seq: int, batch: int) -> dict[str, Any]:
-    """Best single-call throughput of ``rt.run`` / ``rt.run(out=)``, then ``run_batched`` over all ids."""
+    """Single-call throughput of ``rt.run`` / ``rt.run(out=)`` per batch size, then ``run_batched`` over
+    all ids (default ``batch`` 0: the runtime's default chunk size), with and without its progress bar."""
     import numpy as np
 
     import embed_runtime
@@ -75,24 +76,31 @@ def stream(model: str, sequences: int, seq: int, batch: int) -> dict[str, Any]:
     ids = np.random.default_rng(0).integers(1, dim, size=(sequences, seq), dtype=np.int64)
     rss_loaded = _rss_mb()
 
-    def best(fn: Any, calls: int) -> float:
-        fn()
-        times = []
-        for _ in range(calls):
+    def throughput(size: int, with_out: bool) -> float:
+        """Sequences/s of back-to-back calls on consecutive slices of the ids (fresh ids every call, as
+        in streaming: the same slice again would keep its table rows in cache), median of 3 passes over
+        about 100,000 sequences (at least 20 calls)."""
+        count = max(20, 100_000 // size)
+        slices = [ids[(i * size) % (sequences - size + 1) :][:size] for i in range(count)]
+        out = {name: np.empty_like(a) for name, a in rt.run(slices[0]).items()}
+        passes = []
+        for _ in range(3):
             start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+            if with_out:
+                for chunk in slices:
+                    rt.run(chunk, out=out)
+            else:
+                for chunk in slices:
+                    rt.run(chunk)
+            passes.append(count * size / (time.perf_counter() - start))
+        return float(np.median(passes))
 
     if batch <= 0:  # the runtime's default chunk size
         batch = inspect.signature(rt.run_batched).parameters["batch_size"].default
     single: dict[str, float] = {}
     for size in sorted({64, 256, 1024, 4096, batch}):
-        chunk = ids[:size]
-        out = {name: np.empty_like(a) for name, a in rt.run(chunk).items()}
-        calls = max(5, int(3e5 // size))
-        single[f"rt.run {size}x{seq}"] = size / best(lambda c=chunk: rt.run(c), calls)
-        single[f"rt.run(out=) {size}x{seq}"] = size / best(lambda c=chunk, o=out: rt.run(c, out=o), calls)
+        single[f"rt.run {size}x{seq}"] = throughput(size, False)
+        single[f"rt.run(out=) {size}x{seq}"] = throughput(size, True)
     runs: dict[str, Any] = {}
     for progress in (False, True):
         samples = [_rss_mb()]
