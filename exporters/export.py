@@ -273,8 +273,8 @@ def _export_external(
             rewrite_diff = _rewrite_diff(raw, _session_or_error(graph), spec, dims, seed)
     del raw
     location = large.data_file_name(out)
-    with large.Staging(out) as stage:
-        placed = large.write_tables(graph, subs, stage.data_path)
+    with large.Staging(out) as stage, large.read_once(subs) as tables:
+        placed = large.write_tables(graph, subs, tables, stage.data_path)
         if verify:
             staged = onnx.ModelProto()
             staged.CopyFrom(graph)

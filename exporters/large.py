@@ -233,28 +233,48 @@ def _tf_variable(variable: Any) -> Any:
     return inner if isinstance(inner, tf.Variable) else variable
 
 
-def iter_rows(variable: Any, dtype: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
-    """The table in ``variable`` as C-contiguous little-endian row chunks, without a full copy."""
-    source = _tf_variable(variable)
-    rows, width = (int(d) for d in source.shape)
+def snapshot(variable: Any) -> Any:
+    """The table as one eager tensor, read once.
+
+    A variable in TensorFlow's normal mode hands out its own buffer (no copy). One in copy-on-read mode
+    (after sparse updates: training with ``IndexedSlices`` gradients, slice assignments) copies the whole
+    table on *every* dense read, and Keras's ``take`` reads it twice per call; reading it once here and
+    slicing that tensor costs at most one copy for the whole export.
+    """
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(_tf_variable(variable))
+
+
+def iter_rows(table: Any, dtype: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """``table`` (from :func:`snapshot`) as C-contiguous little-endian row chunks of about ``chunk_bytes``."""
+    rows, width = (int(d) for d in table.shape)
     step = max(1, chunk_bytes // max(1, width * np.dtype(dtype).itemsize))
     want = np.dtype(dtype).newbyteorder("<")
     for start in range(0, rows, step):
-        chunk = np.asarray(source[start : start + step].numpy())
+        chunk = table[start : start + step].numpy()
         if chunk.dtype != np.dtype(dtype):
             raise ExportError(f"table rows read as {chunk.dtype}, expected {dtype}")
         yield np.ascontiguousarray(chunk, dtype=want)
 
 
-def _set_external(init: TensorProto, shape: tuple[int, ...], location: str, offset: int, length: int) -> None:
-    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-        init.ClearField(name)
-    del init.dims[:]
-    init.dims.extend(shape)
-    init.data_location = TensorProto.EXTERNAL
-    del init.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        init.external_data.add(key=key, value=value)
+@contextmanager
+def read_once(subs: Sequence[StandIn]) -> Iterator[dict[str, Any]]:
+    """Snapshot each big table (:func:`snapshot`) and let the layers read the snapshot while the block
+    runs (the parity check calls the model many times); the variables are back afterwards.
+
+    Yields ``{onnx table name: snapshot}``; the values are the variables' current values, so the parity
+    check still compares with the Keras model's own forward pass on the real table.
+    """
+    tables = {s.onnx_name: snapshot(s.original) for s in subs}
+    try:
+        for s in subs:
+            object.__setattr__(s.emb.layer, s.attribute, tables[s.onnx_name])
+        yield tables
+    finally:
+        for s in subs:
+            object.__setattr__(s.emb.layer, s.attribute, s.original)
+        tables.clear()
 
 
 @dataclass(frozen=True)
@@ -267,8 +287,11 @@ class Placement:
     length: int
 
 
-def write_tables(model: onnx.ModelProto, subs: Sequence[StandIn], data_path: Path) -> list[Placement]:
-    """Stream the real table of each stand-in the graph uses into ``data_path``, row chunk by row chunk.
+def write_tables(
+    model: onnx.ModelProto, subs: Sequence[StandIn], tables: dict[str, Any], data_path: Path
+) -> list[Placement]:
+    """Stream the real table of each stand-in the graph uses (``tables`` from :func:`read_once`) into
+    ``data_path``, row chunk by row chunk.
 
     Each table starts at an offset aligned to :data:`ALIGNMENT`. The graph is not changed: apply the
     result with :func:`point_to`.
@@ -287,7 +310,7 @@ def write_tables(model: onnx.ModelProto, subs: Sequence[StandIn], data_path: Pat
                 raise ExportError(f"table {s.onnx_name!r} has ONNX type {init.data_type}, expected {want}")
             f.write(b"\0" * (-f.tell() % ALIGNMENT))
             offset = f.tell()
-            for chunk in iter_rows(s.original, s.emb.dtype):
+            for chunk in iter_rows(tables[s.onnx_name], s.emb.dtype):
                 f.write(memoryview(chunk).cast("B"))
             length = f.tell() - offset
             if length != table_bytes(s.emb):
