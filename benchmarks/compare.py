@@ -241,6 +241,7 @@ def machine() -> dict[str, str]:
         "python": sys.version.split()[0],
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+    info["embed_runtime source"] = _git_state()
     for pkg in ("numpy", "onnxruntime", "tensorflow", "keras", "tf2onnx", "onnx", "embed-runtime"):
         try:
             info[pkg] = version(pkg)
@@ -253,6 +254,20 @@ def default_cache() -> Path:
     """``$XDG_CACHE_HOME/embed-runtime/bench`` (``~/.cache/...``): where exported models are kept."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "embed-runtime" / "bench"
+
+
+def _git_state() -> str:
+    """The commit the runtime was measured at, flagged when ``embed_runtime/`` has uncommitted changes."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(
+            ["git", *a], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "embed_runtime")
+    return head + (" + uncommitted changes in embed_runtime/" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
