@@ -106,11 +106,14 @@ def exported(name: str, flavour: str = "keras3", seed: int = 0) -> tuple[Path, A
 
     Returns ``(onnx path, ExportReport)``; tests share it so that each model is exported once per flavour.
     """
+    import atexit
+    import shutil
     import tempfile
 
     from exporters import export_keras
 
     folder = Path(tempfile.mkdtemp(prefix=f"embed-{name}-{flavour}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / "model.onnx"
     report = export_keras(trained(name, flavour, seed), path)
     return path, report

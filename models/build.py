@@ -11,6 +11,7 @@ import sys
 import time
 
 from models import NAMES, info
+from models._common import export_and_record
 
 
 def build(names: list[str] | None = None) -> list[tuple[str, object]]:
@@ -18,11 +19,9 @@ def build(names: list[str] | None = None) -> list[tuple[str, object]]:
     done = []
     for name in names or list(NAMES):
         start = time.perf_counter()
-        module = info(name).train_module()
-        model = module.build_and_train(info(name).committed_flavour)
-        from models._common import export_and_record
-
         spec = info(name)
+        module = spec.train_module()
+        model = module.build_and_train(spec.committed_flavour)
         report = export_and_record(
             name, model, [i.name for i in spec.inputs], spec.outputs, module.golden_inputs()
         )
@@ -35,8 +34,13 @@ def build(names: list[str] | None = None) -> list[tuple[str, object]]:
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m models.build [name ...]``."""
     parser = argparse.ArgumentParser(prog="python -m models.build", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", choices=[*NAMES, []], help="models to rebuild (default: all)")
+    parser.add_argument(
+        "names", nargs="*", metavar="name", help=f"models to rebuild: {', '.join(NAMES)} (default: all)"
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NAMES))
+    if unknown:
+        parser.error(f"unknown model {', '.join(unknown)}; choose from {', '.join(NAMES)}")
     build(args.names or None)
     return 0
 
