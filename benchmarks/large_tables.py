@@ -68,13 +68,19 @@ class Sampler:
 
         self.process = psutil.Process()
         self.peak = 0
+        self.peak_anon = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._sample()
             time.sleep(0.02)
+
+    def _sample(self) -> None:
+        info = self.process.memory_info()
+        self.peak = max(self.peak, info.rss)
+        self.peak_anon = max(self.peak_anon, info.rss - info.shared)  # shared: file-backed pages
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -83,7 +89,7 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self._sample()
 
 
 def child_export(rows: int, dim: int, out: Path, keras_export: bool, copy_on_read: bool) -> dict[str, Any]:
@@ -125,6 +131,7 @@ def child_export(rows: int, dim: int, out: Path, keras_export: bool, copy_on_rea
         result["export_seconds"] = time.perf_counter() - t
     result["export_peak_rss"] = _status_kb("VmHWM") if result["peak_reset"] else None
     result["export_peak_rss_sampled"] = sampler.peak
+    result["export_peak_anon_sampled"] = sampler.peak_anon
     result["process_ru_maxrss"] = _ru_maxrss()
     if not keras_export:
         result["onnx_bytes"] = out.stat().st_size
@@ -141,17 +148,40 @@ def _ru_maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child_load(path: Path, rows: int, dim: int) -> dict[str, Any]:
-    """Time ``embed_runtime.load``, read RSS before the first request, check rows and RSS after requests."""
+def advise_random(data_path: Path) -> int:
+    """``madvise(MADV_RANDOM)`` each mapping of ``data_path`` in this process (Linux); returns the count.
+
+    Measured: it changes nothing here, because the file's pages are already in the page cache and the
+    kernel's fault-around maps 64 KiB of cached pages per fault whatever the advice.
+    """
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    target, count = str(data_path.resolve()), 0
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            start, stop = (int(x, 16) for x in fields[0].split("-"))
+            count += libc.madvise(start, stop - start, mmap.MADV_RANDOM) == 0
+    return count
+
+
+def child_load(path: Path, rows: int, dim: int, advise: bool) -> dict[str, Any]:
+    """Time ``embed_runtime.load``, read RSS before the first request, check rows and RSS after requests;
+    with ``advise``, ``madvise(MADV_RANDOM)`` the table mapping first (what the runtime could do)."""
     import psutil
 
     import embed_runtime
 
     proc = psutil.Process()
-    result: dict[str, Any] = {"rss_after_imports": proc.memory_info().rss}
+    result: dict[str, Any] = {"rss_after_imports": proc.memory_info().rss, "madv_random": advise}
     t = time.perf_counter()
     runtime = embed_runtime.load(path, providers="cpu")
     result["load_seconds"] = time.perf_counter() - t
+    if advise:
+        result["advised_mappings"] = advise_random(Path(str(path) + ".data"))
     result["rss_before_first_request"] = proc.memory_info().rss
     rng = np.random.default_rng(1)
     ids = np.concatenate([[0, 1, rows - 2, rows - 1], rng.integers(0, rows, 60)]).reshape(4, 16)
@@ -221,11 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--child", choices=["export", "keras-export", "load"], help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--madv-random", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         if args.child == "load":
-            result = child_load(Path(args.out), args.rows, DIM)
+            result = child_load(Path(args.out), args.rows, DIM, args.madv_random)
         else:
             result = child_export(
                 args.rows, DIM, Path(args.out), args.child == "keras-export", args.copy_on_read
@@ -244,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             mode = ["--copy-on-read"] if args.copy_on_read else []
             run["export"] = _run_child(["--child", "export", "--rows", str(rows), "--out", str(out), *mode])
             if "error" not in run["export"]:
-                run["load"] = _run_child(["--child", "load", "--rows", str(rows), "--out", str(out)])
+                load = ["--child", "load", "--rows", str(rows), "--out", str(out)]
+                run["load"] = _run_child(load)
+                run["load_madv_random"] = _run_child([*load, "--madv-random"])
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
             if size in keras_sizes:
@@ -269,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_run(run: dict[str, Any]) -> None:
-    e, lo = run["export"], run.get("load", {})
+    e = run["export"]
     mode = ", variable in copy-on-read mode" if run["copy_on_read"] else ""
     print(f"== {run['size_gb']} GB table ({run['rows']:,} x {DIM} float32{mode})")
     if "error" in e:
@@ -283,18 +316,11 @@ def _print_run(run: dict[str, Any]) -> None:
     peak = e["export_peak_rss"] or e["export_peak_rss_sampled"]
     print(
         f"  export: {e['export_seconds']:.1f} s, peak RSS {_gb(peak)} = {peak / table:.2f}x table "
-        f"(sampled {_gb(e['export_peak_rss_sampled'])}); parity {e['export_parity_max_abs_diff']} over "
+        f"(sampled {_gb(e['export_peak_rss_sampled'])}, of it anonymous {_gb(e['export_peak_anon_sampled'])}); parity {e['export_parity_max_abs_diff']} over "
         f"{e['export_parity_cases']} cases; .onnx {e['onnx_bytes']:,} B, .data {e['data_bytes']:,} B"
     )
-    if "error" in lo:
-        print("  load failed:", lo["error"][-500:])
-    elif lo:
-        print(
-            f"  load: {lo['load_seconds']:.3f} s, RSS before first request {_gb(lo['rss_before_first_request'])} "
-            f"(imports alone {_gb(lo['rss_after_imports'])}), after first request "
-            f"{_gb(lo['rss_after_first_request'])}, after 100k random rows {_gb(lo['rss_after_100k_random_rows'])}; "
-            f"parity {lo['load_parity_max_abs_diff']} on {lo['load_parity_ids']} ids"
-        )
+    for key in ("load", "load_madv_random"):
+        _print_load(key, run.get(key, {}))
     k = run.get("keras_export")
     if k:
         if "error" in k:
@@ -302,6 +328,18 @@ def _print_run(run: dict[str, Any]) -> None:
         else:
             kp = k["export_peak_rss"] or k["export_peak_rss_sampled"]
             print(f"  keras model.export: {k['export_seconds']:.1f} s, peak RSS {_gb(kp)}")
+
+
+def _print_load(key: str, lo: dict[str, Any]) -> None:
+    if "error" in lo:
+        print(f"  {key} failed:", lo["error"][-500:])
+    elif lo:
+        print(
+            f"  {key}: {lo['load_seconds']:.3f} s, RSS before first request {_gb(lo['rss_before_first_request'])} "
+            f"(imports alone {_gb(lo['rss_after_imports'])}), after first request "
+            f"{_gb(lo['rss_after_first_request'])}, after 100k random rows {_gb(lo['rss_after_100k_random_rows'])}; "
+            f"parity {lo['load_parity_max_abs_diff']} on {lo['load_parity_ids']} ids"
+        )
 
 
 if __name__ == "__main__":
