@@ -31,7 +31,18 @@ import numpy as np
 import onnxruntime as ort
 
 import embed_runtime
-from embed_runtime.bench import FLOOR, NP_TAKE, ORT_RUN, RT_OUT, RT_RUN, Stats, measure
+from embed_runtime.bench import (
+    FLOOR,
+    NP_TAKE,
+    ORT_RUN,
+    RT_NO_BINDING,
+    RT_OUT,
+    RT_RUN,
+    VALIDATION,
+    Stats,
+    measure,
+    validator,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -45,7 +56,19 @@ CALL = "Keras model(ids)"
 TF_FUNCTION = "tf.function"
 KERAS_ONNX = "Keras ONNX export in ort"
 OURS_ORT = ORT_RUN + " (our graph)"
-CONTENDERS = (PREDICT, CALL, TF_FUNCTION, KERAS_ONNX, OURS_ORT, RT_RUN, RT_OUT, NP_TAKE, FLOOR)
+CONTENDERS = (
+    PREDICT,
+    CALL,
+    TF_FUNCTION,
+    KERAS_ONNX,
+    OURS_ORT,
+    RT_RUN,
+    RT_NO_BINDING,
+    RT_OUT,
+    VALIDATION,
+    NP_TAKE,
+    FLOOR,
+)
 
 SMALL, BIG = ("50k x 128", 50_000, 128), ("1M x 64", 1_000_000, 64)
 PATH_KEYS = ("keras_path", "ours_path", "keras_onnx_path")
@@ -135,6 +158,9 @@ def contenders_for(model: Any, paths: dict[str, Any], ids: np.ndarray) -> dict[s
     import tensorflow as tf
 
     rt = embed_runtime.load(paths["ours_path"], providers="cpu")
+    plain = embed_runtime.load(
+        paths["ours_path"], providers="cpu", options=embed_runtime.RuntimeOptions(io_binding=False)
+    )
     ours, theirs = _ort_session(paths["ours_path"]), _ort_session(paths["keras_onnx_path"])
     their_input = theirs.get_inputs()[0]
     their_ids = ids.astype(embed_runtime.session.numpy_dtype(their_input.type))
@@ -150,6 +176,7 @@ def contenders_for(model: Any, paths: dict[str, Any], ids: np.ndarray) -> dict[s
         KERAS_ONNX: lambda: theirs.run(None, {their_input.name: their_ids})[0],
         OURS_ORT: lambda: ours.run(None, {rt.inputs[0].name: ids})[0],
         RT_RUN: lambda: rt.run(ids)[out_name],
+        RT_NO_BINDING: lambda: plain.run(ids)[out_name],
         RT_OUT: lambda: rt.run(ids, out=out)[out_name],
         NP_TAKE: lambda: np.take(table, ids, axis=0),
     }
@@ -158,6 +185,7 @@ def contenders_for(model: Any, paths: dict[str, Any], ids: np.ndarray) -> dict[s
         got = np.asarray(call())
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-6):
             raise AssertionError(f"{name} does not return table[ids] (shape {got.shape})")
+    calls[VALIDATION] = validator(rt, ids)
     calls[FLOOR] = lambda: np.copyto(dst, src)
     return calls
 

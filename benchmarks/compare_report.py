@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from embed_runtime.bench import FLOOR, RT_OUT, RT_RUN, format_time, markdown_table
+from embed_runtime.bench import (
+    FLOOR,
+    RT_NO_BINDING,
+    RT_OUT,
+    RT_RUN,
+    VALIDATION,
+    format_time,
+    markdown_table,
+)
 
 PREDICT, CALL, TF_FUNCTION, OURS_ORT = (
     "Keras predict",
@@ -92,6 +100,60 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def fast_paths(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(fast path, measured, verdict)``: does each fast path of the runtime pay in this run?"""
+    rows = []
+    for rec in results["latency"]:
+        st = {n: s["median"] for n, s in rec["stats"].items()}
+        case = f"{rec['table']} {rec['shape']}"
+        if rec["output_bytes"] <= 1 << 20:
+            ratio = st[RT_NO_BINDING] / st[RT_RUN]
+            rows.append(
+                (
+                    f"IO binding reuse, {case}",
+                    f"off/on = {ratio:.2f}",
+                    "pays" if ratio > 1.05 else "does not pay",
+                )
+            )
+            share = st[VALIDATION] / st[RT_RUN]
+            rows.append(
+                (f"validation, {case}", f"{format_time(st[VALIDATION])} = {share:.0%} of `rt.run`", "")
+            )
+        else:
+            ratio = st[RT_RUN] / st[RT_OUT]
+            rows.append(
+                (
+                    f"`out=`, {case}",
+                    f"`rt.run` / `rt.run(out=)` = {ratio:.2f}",
+                    "pays" if ratio > 1.05 else "does not pay",
+                )
+            )
+        if rec["output_bytes"] <= 1 << 20:
+            ratio = st[RT_OUT] / st[RT_RUN]
+            rows.append(
+                (
+                    f"`out=` on a small call, {case}",
+                    f"`rt.run(out=)` / `rt.run` = {ratio:.2f}",
+                    "costs" if ratio > 1.05 else "neutral",
+                )
+            )
+    st = results["streaming"]
+    runs = st["run_batched"]
+    ratio = runs["progress bar"]["throughput"] / runs["no progress bar"]["throughput"]
+    rows.append(("tqdm progress bar in `run_batched`", f"throughput with/without = {ratio:.2f}", ""))
+    same = st["single_call_throughput"].get(f"rt.run {st['batch_size']}x32")
+    if same:
+        ratio = runs["no progress bar"]["throughput"] / same
+        rows.append(
+            (
+                f"`run_batched` chunking at its default {st['batch_size']}",
+                f"vs single calls of that size = {ratio:.2f}",
+                "",
+            )
+        )
+    return rows
+
+
 def _latency_tables(results: dict[str, Any]) -> list[str]:
     parts = []
     for rec in results["latency"]:
@@ -125,7 +187,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     cases = results["latency"]
-    names = list(cases[0]["stats"])
+    names = [n for n in cases[0]["stats"] if n != VALIDATION]
     fig, ax = plt.subplots(figsize=(13, 6))
     width = 0.85 / len(names)
     x = np.arange(len(cases))
@@ -179,6 +241,12 @@ def write_report(results: dict[str, Any], docs: Path) -> str:
             ["target", "measured", "met"],
             [(t, v, "met" if ok else "**not met**") for t, v, ok in targets(results)],
         ),
+        "",
+        "## Do the fast paths pay?",
+        "",
+        "Ratios of medians from the tables below (> 1.05 counts as paying).",
+        "",
+        markdown_table(["fast path", "measured", "verdict"], fast_paths(results)),
         "",
         "## Latency per call",
         "",
