@@ -216,7 +216,7 @@ def write_report(results: dict[str, Any], docs: Path) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/compare.py` on {m['date']}{quick}, "
+        f"Measured by `make bench` (`python -m benchmarks.compare`) on {m['date']}{quick}, "
         f"in {results['seconds']:.0f} s. All contenders return the same `table[ids]` (checked before timing); "
         "times are medians per call with the min-max spread, contenders interleaved in rounds in one process.",
         "The models are Keras 3 `Input(int64) -> Embedding` without masks (Keras `predict` and Keras's ONNX "
