@@ -31,8 +31,10 @@ def hide_gpus() -> None:
 
 
 def _quiet_tf2onnx() -> None:
+    """tf2onnx logs each op it cannot convert at one opset, traceback included, even when a higher opset
+    then works; the failures that matter end up in our ExportError instead."""
     for name in ("tf2onnx", "tf2onnx.tfonnx", "tf2onnx.tf_utils", "tf2onnx.optimizer"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _loads_in_onnxruntime(model: onnx.ModelProto) -> str | None:

@@ -180,6 +180,7 @@ def build_graph(
             )
     rewrite.set_io_dims(model, lengths)
     rewrite.remove_dead(model)
+    rewrite.name_tracking_dims(model, lengths)
     return raw, model, masks, infos
 
 

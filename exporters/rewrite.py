@@ -270,6 +270,50 @@ def set_io_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
             dims[0].dim_param = "batch"
 
 
+def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
+    """Name output axes that tf2onnx left as ``unk__N`` but that follow an input's sequence length.
+
+    Shape inference cannot see through RNN loops, so this asks the graph itself: it runs twice with
+    different, per-input distinct lengths (id 1 everywhere) and gives an unknown output axis the input's
+    sequence axis name when its size equals that input's length in both runs.
+    """
+    import onnxruntime as ort
+
+    dynamic = [name for name, length in lengths.items() if length is None]
+    unknown = [
+        o
+        for o in model.graph.output
+        if any(d.dim_param.startswith("unk__") for d in o.type.tensor_type.shape.dim)
+    ]
+    if not dynamic or not unknown:
+        return
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in unknown]
+
+    def probe(spread: int) -> list[tuple[dict[str, int], list[tuple[int, ...]]]]:
+        runs = []
+        for base in (3, 4):
+            trial = {n: lengths[n] or base + spread * dynamic.index(n) for n in lengths}
+            feeds = {n: np.ones((2, length), np.int64) for n, length in trial.items()}
+            runs.append((trial, [r.shape for r in session.run(names, feeds)]))
+        return runs
+
+    try:
+        runs = probe(spread=10)
+    except Exception:  # inputs that must share a length (an Add of two lookups): probe them together
+        runs = probe(spread=0)
+    for i, out in enumerate(unknown):
+        for axis, dim in enumerate(out.type.tensor_type.shape.dim):
+            if not dim.dim_param.startswith("unk__"):
+                continue
+            match = [n for n in dynamic if all(shapes[i][axis] == trial[n] for trial, shapes in runs)]
+            if len(match) == 1:
+                dim.Clear()
+                dim.dim_param = str(sequence_dim(match[0], lengths))
+
+
 def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     """Output dims as ONNX shape inference derives them from the named input axes (tf2onnx leaves
     ``unk__N`` placeholders where TensorFlow did not know a dim)."""
