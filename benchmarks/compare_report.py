@@ -301,7 +301,12 @@ def write_report(results: dict[str, Any], docs: Path) -> str:
     for label, e in results["exports"].items():
         when = "cached from an earlier run" if e.get("cached") else "in this run"
         lines.append(f"- {label}: exported on {e.get('date', '?')} ({when}) with {e.get('versions', {})}")
-    lines += ["", "Export time of ours includes its parity check against Keras.", ""]
+    lines += [
+        "",
+        "Export time of ours includes its parity check against Keras. File bytes include external data "
+        "(our exporter stores big tables beside the graph in `model.onnx.data`).",
+        "",
+    ]
     rows = []
     for label, e in results["exports"].items():
         for who, key in (("ours (`export_keras`, verified)", "ours"), ("Keras `model.export`", "keras")):
