@@ -202,7 +202,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     m = results["machine"]
     ax.set_title(f"Embedding lookup latency, {m['cores']} cores {m['cpu']}, onnxruntime {m['onnxruntime']}")
     ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=3)
+    ax.legend(fontsize=8, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
