@@ -338,7 +338,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_shape,
         default=None,
         metavar="BATCHxSEQ",
-        help="id shapes to time (default: 1x16 32x10 4096x128; with --quick: 1x16 32x10 512x128)",
+        help="id shapes to time (default: 1x16 32x10 4096x128, or those batches at the model's fixed length; "
+        "with --quick: 512x128 instead of 4096x128)",
     )
     parser.add_argument("--providers", default="auto", help="execution providers (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads of our runtime")
@@ -375,8 +376,10 @@ def main(args: argparse.Namespace) -> int:
     if table is None:
         print("np.take skipped: the first output is not a bare Gather of a table stored in the file\n")
     report: dict[str, Any] = {"model": str(args.model), "providers": rt.providers, "shapes": {}}
+    fixed = rt.inputs[0].input_length
+    if fixed is not None and args.shapes is None:  # default shapes: keep the batches, use the fixed length
+        shapes = list(dict.fromkeys((batch, fixed) for batch, _ in shapes))
     for batch, seq in shapes:
-        fixed = rt.inputs[0].input_length
         if fixed is not None and fixed != seq:
             print(f"## {batch}x{seq}: skipped, the model's input length is fixed at {fixed}\n")
             continue

@@ -34,12 +34,18 @@ EXPECTED_ROWS = (
 )
 
 
-def _save(path: Path, nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto], mask: bool) -> Path:
+def _save(
+    path: Path,
+    nodes: list[onnx.NodeProto],
+    outputs: list[onnx.ValueInfoProto],
+    mask: bool,
+    seq: str | int = "sequence",
+) -> Path:
     table = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])],
         outputs,
         [
             numpy_helper.from_array(table, "embedding.embeddings"),
@@ -87,6 +93,14 @@ def scaled_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", "sequence", DIM])]
     return _save(tmp_path_factory.mktemp("bench") / "scaled.onnx", nodes, outputs, mask=False)
+
+
+@pytest.fixture(scope="module")
+def fixed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bare lookup whose sequence length is fixed at 5 (like ``input_length=5``)."""
+    nodes = [helper.make_node("Gather", ["embedding.embeddings", "input_ids"], ["embedding"])]
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 5, DIM])]
+    return _save(tmp_path_factory.mktemp("bench") / "fixed.onnx", nodes, outputs, mask=False, seq=5)
 
 
 def _args(model: Path, extra: list[str]) -> argparse.Namespace:
@@ -154,6 +168,20 @@ def test_lookup_table_of_a_float_data_initializer(tmp_path: Path) -> None:
 
 def test_lookup_table_is_none_for_a_computed_output(scaled_model: Path) -> None:
     assert bench.lookup_table(scaled_model, "embedding") is None
+
+
+def test_default_shapes_follow_a_fixed_length(fixed_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = ["--quick", "--budget", "0.002", "--rounds", "2", "--min-samples", "2"]
+    assert bench.main(_args(fixed_model, tiny)) == 0
+    assert set(_sections(capsys.readouterr().out)) == {"1x5", "32x5", "512x5"}
+
+
+def test_explicit_shapes_of_another_length_are_skipped(
+    fixed_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.main(_args(fixed_model, [*TINY[:-2], "2x5", "2x7"])) == 0
+    text = capsys.readouterr().out
+    assert "## 2x7: skipped" in text and "## 2x5 (" in text
 
 
 def test_bad_shape_is_a_usage_error(tiny_model: Path) -> None:
