@@ -8,8 +8,6 @@ array([[ True,  True, False]])
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .contract import EmbeddingInfo, ModelMetadata
 from .errors import (
     EmbedRuntimeError,
@@ -23,10 +21,8 @@ from .inputs import TensorSpec
 from .runtime import Runtime, load
 from .session import RuntimeOptions, available_providers
 
-try:
-    __version__ = version("embed-runtime")
-except PackageNotFoundError:
-    __version__ = "0.0.0"
+__version__ = "0.1.0"
+"""The package version (pyproject.toml reads it from here; no importlib.metadata look-up at import)."""
 
 __all__ = [
     "EmbedRuntimeError",

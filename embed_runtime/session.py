@@ -73,6 +73,9 @@ ORT_TO_NUMPY: dict[str, np.dtype[Any]] = {
 """onnxruntime's type strings (``NodeArg.type``) to numpy dtypes; anything else maps to ``object``."""
 
 MAX_BUFFER_SETS = 3
+SMALL_BATCH_IDS = 64
+"""Up to this many ids, the hot path checks them with Python's ``max`` (cheaper than a ufunc call)."""
+_MAX_REDUCE = np.maximum.reduce
 """Buffer sets per input shape: enough for a caller that keeps the previous result while asking the next."""
 
 Shape = tuple[int, ...]
@@ -290,7 +293,7 @@ def create_session(
 class _BufferSet:
     """One ``IOBinding`` with its own input and output buffers, bound once."""
 
-    __slots__ = ("binding", "idle_refs", "inputs", "outputs", "run_bound")
+    __slots__ = ("binding", "first_input", "first_unsigned", "idle_refs", "inputs", "outputs", "run_bound")
 
     def __init__(self, sess: ort.InferenceSession, layout: _Layout):
         self.binding = sess.io_binding()
@@ -298,6 +301,11 @@ class _BufferSet:
         self.outputs = {name: np.empty(shape, dtype) for name, shape, dtype in layout[1]}
         for name, buf in self.inputs.items():
             self.binding.bind_cpu_input(name, buf)
+        # The first input buffer, and a flat unsigned view of it made once: ids copied in are checked
+        # there with one max (negative ids viewed as unsigned are huge).
+        self.first_input = next(iter(self.inputs.values()))
+        kind, size = self.first_input.dtype.kind, self.first_input.dtype.itemsize
+        self.first_unsigned = self.first_input.reshape(-1).view(f"u{size}") if kind in "iu" else None
         for name, buf in self.outputs.items():
             self.binding.bind_output(name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
         # The public wrapper adds WebGPU graph-capture bookkeeping (a few microseconds per call) that this
@@ -332,20 +340,43 @@ class BoundShape:
         )
         self.sets: list[_BufferSet] = []
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        """The outputs, or ``None`` when every set is still held and no new one may be made."""
+    def _free_set(self) -> _BufferSet | None:
+        """A buffer set no caller holds results of, made if needed; ``None`` when all are held."""
         for buffers in self.sets:
             if buffers.refs() == buffers.idle_refs:
-                break
-        else:
-            if len(self.sets) >= MAX_BUFFER_SETS:
-                return None
-            buffers = _BufferSet(self.sess, self.layout)
-            buffers.idle_refs = buffers.refs()
-            self.sets.append(buffers)
+                return buffers
+        if len(self.sets) >= MAX_BUFFER_SETS:
+            return None
+        buffers = _BufferSet(self.sess, self.layout)
+        buffers.idle_refs = buffers.refs()
+        self.sets.append(buffers)
+        return buffers
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The outputs, or ``None`` when every set is still held and no new one may be made."""
+        buffers = self._free_set()
+        if buffers is None:
+            return None
         inputs = buffers.inputs
         for name, a in feeds.items():
             inputs[name][...] = a
+        buffers.run_bound()
+        return buffers.outputs.copy()
+
+    def run_unchecked_ids(self, ids: np.ndarray, limit: int | None) -> dict[str, np.ndarray] | None:
+        """The 1-input hot path: copy ``ids`` (already of the bound shape and dtype) into a free set, check
+        them there against ``limit`` (``None``: nothing to check), run. ``None`` when an id is out of
+        range or every set is held: the caller then takes the path that raises or runs plainly."""
+        buffers = self._free_set()
+        if buffers is None:
+            return None
+        buffers.first_input[...] = ids
+        if limit is not None:
+            flat = buffers.first_unsigned
+            # a Python max over a few ids beats a ufunc reduction's fixed cost; big batches reduce
+            top = max(flat.tolist()) if flat.size <= SMALL_BATCH_IDS else int(_MAX_REDUCE(flat, None))
+            if top > limit:
+                return None
         buffers.run_bound()
         return buffers.outputs.copy()
 

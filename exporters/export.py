@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from embed_runtime import __version__
 from embed_runtime.contract import (
     KEY_EXPORTER_VERSION,
     KEY_KERAS_FLAVOUR,
@@ -29,7 +30,8 @@ from .errors import ExportError
 from .keras_model import ModelSpec, describe, load_model, make_tf_function
 from .verify import MaskSource, Parity, compare
 
-EXPORTER_VERSION = "0.1.0"
+EXPORTER_VERSION = __version__
+"""The exporter ships in the same distribution as the runtime, under one version."""
 
 
 @dataclass

@@ -218,3 +218,33 @@ def test_prepare_is_the_validation_of_run(models: dict[str, Built]) -> None:
         "user_id",
         "item_id",
     }
+
+
+@pytest.mark.parametrize("length", [16, 200])  # a Python max below 64 ids, a ufunc reduction above
+def test_repeated_shape_hot_path_still_validates_every_call(single: Built, length: int) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu")
+    table = single.tables["input_ids"]
+    for seed in range(3):  # from the second call on, ids go into a bound buffer and are checked there
+        ids = ids_of((1, length), seed)
+        np.testing.assert_array_equal(rt.run(ids)["emb"], table[ids])
+    assert getattr(rt._local, "hot", None) is not None
+    for bad, value in ((-1, -1), (VOCAB, VOCAB), (np.iinfo(np.int64).min, np.iinfo(np.int64).min)):
+        ids = ids_of((1, length), 7)
+        ids[0, length - 1] = bad
+        with pytest.raises(InvalidInputError, match=rf"id {value} at position \[0, {length - 1}\]"):
+            rt.run(ids)
+    ids = ids_of((1, length), 8)
+    held = rt.run(ids)
+    np.testing.assert_array_equal(held["emb"], table[ids])  # still serving, and results are right
+    np.testing.assert_array_equal(held["mask"], ids != 0)
+    other = rt.run(ids_of((1, length), 9))
+    assert not np.shares_memory(other["emb"], held["emb"])  # the held result was not reused
+
+
+def test_hot_path_never_serves_a_model_without_metadata_wrongly(models: dict[str, Built]) -> None:
+    built = models["foreign"]  # no input_dim: only the graph's dtype bounds the ids
+    rt = embed_runtime.load(built.path, providers="cpu")
+    table = built.tables["input_ids"]
+    for seed in range(3):
+        ids = ids_of((2, 4), seed)
+        np.testing.assert_array_equal(rt.run(ids)["emb"], table[ids])
