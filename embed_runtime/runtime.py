@@ -187,9 +187,25 @@ class Runtime:
             shapes = tuple(a.shape for a in feeds.values())  # feeds are in graph input order
         names = self._output_names if outputs is None else self._select(outputs)
         if out is not None:
-            return self._run_into(feeds, names, out)
+            targets = self._check_out(out, names, feeds)
+            if (
+                self._io_binding
+                and sum(a.nbytes for a in targets.values()) <= self.options.io_binding_max_bytes
+            ):
+                # small outputs: the bound buffers are cheaper than a new IOBinding; copy into out=
+                result = self._run_reusing(feeds, shapes, names, outputs is None)
+                for name, target in targets.items():
+                    np.copyto(target, result[name])
+                return {n: targets.get(n, result[n]) for n in names}
+            return self._run_into(feeds, names, targets)
         if not self._io_binding:
             return self._run_plain(feeds, names)
+        return self._run_reusing(feeds, shapes, names, outputs is None)
+
+    def _run_reusing(
+        self, feeds: dict[str, np.ndarray], shapes: tuple[Shape, ...], names: tuple[str, ...], hot: bool
+    ) -> dict[str, np.ndarray]:
+        """Run through this thread's bound buffer sets for these shapes (made on the second call)."""
         key = (shapes, names)
         try:
             cache = self._local.cache
@@ -201,7 +217,7 @@ class Runtime:
             self._remember(cache, key, feeds, result)
             return result
         cache.move_to_end(key)
-        if self._hot_dtype is not None and outputs is None:
+        if self._hot_dtype is not None and hot:
             self._local.hot = (shapes[0], bound)
         try:
             result = bound.run(feeds)
@@ -295,9 +311,9 @@ class Runtime:
         return dict(out)
 
     def _run_into(
-        self, feeds: dict[str, np.ndarray], names: tuple[str, ...], out: np.ndarray | Mapping[str, np.ndarray]
+        self, feeds: dict[str, np.ndarray], names: tuple[str, ...], targets: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        targets = self._check_out(out, names, feeds)
+        """Bind the (checked) ``targets`` as outputs so onnxruntime writes straight into them."""
         if any(a.size == 0 for a in feeds.values()):
             plain = self._run_plain(feeds, tuple(n for n in names if n not in targets))
             return {n: targets[n] if n in targets else plain[n] for n in names}

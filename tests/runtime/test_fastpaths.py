@@ -248,3 +248,19 @@ def test_hot_path_never_serves_a_model_without_metadata_wrongly(models: dict[str
     for seed in range(3):
         ids = ids_of((2, 4), seed)
         np.testing.assert_array_equal(rt.run(ids)["emb"], table[ids])
+
+
+@pytest.mark.parametrize(
+    "big", [False, True]
+)  # small outputs go through the bound buffers, big ones bind out=
+def test_out_on_repeated_calls_small_and_big(single: Built, big: bool) -> None:
+    options = RuntimeOptions(io_binding_max_bytes=0 if big else 1 << 20)
+    rt = embed_runtime.load(single.path, providers="cpu", options=options)
+    table = single.tables["input_ids"]
+    emb = np.empty((4, 6, 4), np.float32)
+    for seed in range(4):
+        ids = ids_of((4, 6), seed)
+        result = rt.run(ids, out={"emb": emb})
+        assert result["emb"] is emb
+        np.testing.assert_array_equal(emb, table[ids])
+        np.testing.assert_array_equal(result["mask"], ids != 0)
