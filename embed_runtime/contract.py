@@ -59,10 +59,15 @@ MAX_IR_VERSION = 10
 """Highest ONNX IR version the exporter writes (onnxruntime 1.30 and onnxruntime-node read it)."""
 
 
-def mask_output_name(layer_name: str, masked_layer_count: int) -> str:
-    """Name of the mask output of Embedding ``layer_name`` in a model with ``masked_layer_count``
-    Embedding layers that have ``mask_zero=True``."""
-    return MASK_OUTPUT_NAME if masked_layer_count == 1 else f"{layer_name}_mask"
+def mask_output_name(layer: str, source: str, masked: list[tuple[str, str]]) -> str:
+    """Name of the mask output of Embedding ``layer`` reading ids from input ``source``, in a model whose
+    masked lookups are the (layer, input) pairs ``masked``: ``mask`` when there is one, ``<layer>_mask``
+    when there are several, ``<layer>_<input>_mask`` when one layer is shared by several inputs."""
+    if len(masked) == 1:
+        return MASK_OUTPUT_NAME
+    if sum(1 for name, _ in masked if name == layer) == 1:
+        return f"{layer}_mask"
+    return f"{layer}_{source}_mask"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from embed_runtime.contract import (
     KEY_TF2ONNX_VERSION,
     EmbeddingInfo,
     ModelMetadata,
+    mask_output_name,
 )
 
 from . import large, rewrite
@@ -101,15 +102,6 @@ def _versions(spec: ModelSpec) -> dict[str, str]:
     }
 
 
-def _mask_name(layer: str, source: str, pairs: list[tuple[str, str]]) -> str:
-    """``mask`` for one masked lookup, ``<layer>_mask`` for several, ``<layer>_<input>_mask`` if shared."""
-    if len(pairs) == 1:
-        return "mask"
-    if sum(1 for lyr, _ in pairs if lyr == layer) == 1:
-        return f"{layer}_mask"
-    return f"{layer}_{source}_mask"
-
-
 def _session(model: onnx.ModelProto | Path) -> Any:
     """A CPU session of ``model``; a path when the graph has external data (resolved beside it)."""
     import onnxruntime as ort
@@ -161,7 +153,7 @@ def build_graph(
     lengths = {s.name: s.length for s in spec.inputs}
     for emb, sources in found:
         for src in sources or [None]:
-            mask = _mask_name(emb.name, src, pairs) if emb.mask_zero and src else None
+            mask = mask_output_name(emb.name, src, pairs) if emb.mask_zero and src else None
             if mask:
                 if mask in outputs:
                     raise ExportError(f"the model already has an output named {mask!r}; rename that layer")

@@ -58,7 +58,9 @@ def build_model(
         emb = "emb" if len(inputs) == 1 else f"{name}_emb"
         nodes.append(helper.make_node("Gather", [f"{layer}/table", name], [emb], axis=0))
         outputs.append(helper.make_tensor_value_info(emb, TensorProto.FLOAT, ["batch", seq, dim]))
-        mask_name = mask_output_name(layer, len(inputs)) if mask else None
+        mask_name = (
+            mask_output_name(layer, name, [(f"{n}_embedding", n) for n, _, _ in inputs]) if mask else None
+        )
         if mask_name is not None:
             nodes.append(helper.make_node("Equal", [name, "zero"], [f"{name}/eq"]))
             nodes.append(helper.make_node("Not", [f"{name}/eq"], [mask_name]))
