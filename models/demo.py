@@ -41,8 +41,8 @@ def median_us(fn, reps):
 heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "tf2onnx") if m in sys.modules)
 print(json.dumps({
     "providers": rt.providers,
-    "inputs": [[s.name, str(s.dtype), list(s.shape)] for s in rt.inputs],
-    "outputs": [[s.name, str(s.dtype), list(s.shape)] for s in rt.outputs],
+    "inputs": [[s.name, str(s.dtype), [n or d for d, n in zip(s.shape, s.dim_names)]] for s in rt.inputs],
+    "outputs": [[s.name, str(s.dtype), [n or d for d, n in zip(s.shape, s.dim_names)]] for s in rt.outputs],
     "heavy_modules_imported": heavy,
     "run_1x10_us": median_us(lambda: rt.run(ids[:1]), 2000),
     "run_32x10_us": median_us(lambda: rt.run(ids), 2000),
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   providers in use: {', '.join(facts['providers'])}")
     for kind in ("inputs", "outputs"):
         for name, dtype, shape in facts[kind]:
-            dims = ", ".join("?" if d is None else str(d) for d in shape)
+            dims = ", ".join("?" if d is None else str(d) for d in shape)  # symbolic axes by name
             print(f"   {kind[:-1]:<6} {name}: {dtype}({dims})")
     heavy = facts["heavy_modules_imported"]
     print(f"   TensorFlow/Keras/tf2onnx imported by the runtime process: {heavy or 'none'}\n")
