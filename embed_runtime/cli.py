@@ -149,13 +149,18 @@ def _read_inputs(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the model and save the outputs to --output, or print a summary with the values."""
+    if args.output is not None and not Path(args.output).resolve().parent.is_dir():
+        raise InvalidInputError(f"--output {args.output}: folder {Path(args.output).parent} does not exist")
     rt = _load(args)
     inputs = _read_inputs(args)
     if isinstance(inputs, dict) and len(rt.inputs) == 1 and len(inputs) == 1:
         inputs = next(iter(inputs.values())) if rt.inputs[0].name not in inputs else inputs
     result = rt.run(inputs, single_sequence=args.single_sequence)
     if args.output is not None:
-        np.savez(args.output, **result)
+        try:
+            np.savez(args.output, **result)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write --output {args.output}: {exc}") from None
         print(f"wrote {', '.join(result)} to {args.output}")
         return 0
     with np.printoptions(precision=4, threshold=200, edgeitems=3, linewidth=110):

@@ -101,21 +101,38 @@ class EmbeddingInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EmbeddingInfo:
-        """Parse one entry of ``embed_runtime.embeddings``; raises ``ValueError`` naming a missing key."""
-        try:
-            return cls(
-                layer=str(d["layer"]),
-                inputs=tuple(str(n) for n in d["inputs"]),
-                input_dim=int(d["input_dim"]),
-                output_dim=int(d["output_dim"]),
-                mask_zero=bool(d["mask_zero"]),
-                padding_id=None if d.get("padding_id") is None else int(d["padding_id"]),
-                mask_output=d.get("mask_output"),
-                dtype=str(d.get("dtype", "float32")),
+    def from_dict(cls, d: Any) -> EmbeddingInfo:
+        """Parse one entry of ``embed_runtime.embeddings``; raises ``ValueError`` saying what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"embedding entry {d!r} is not a JSON object")
+        missing = [k for k in ("layer", "inputs", "input_dim", "output_dim", "mask_zero") if k not in d]
+        if missing:
+            raise ValueError(f"embedding entry {d!r} lacks the key {missing[0]!r}")
+        inputs, input_dim, output_dim = d["inputs"], d["input_dim"], d["output_dim"]
+        if not isinstance(inputs, list) or not all(isinstance(n, str) for n in inputs):
+            raise ValueError(
+                f"embedding {d['layer']!r}: 'inputs' must be a list of input names, found {inputs!r}"
             )
-        except KeyError as exc:
-            raise ValueError(f"embedding entry {d!r} lacks the key {exc.args[0]!r}") from None
+        for key, value, low in (("input_dim", input_dim, 1), ("output_dim", output_dim, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"embedding {d['layer']!r}: {key!r} must be an integer >= {low}, found {value!r}"
+                )
+        padding = d.get("padding_id")
+        if padding is not None and (isinstance(padding, bool) or not isinstance(padding, int)):
+            raise ValueError(
+                f"embedding {d['layer']!r}: 'padding_id' must be an integer or null, found {padding!r}"
+            )
+        return cls(
+            layer=str(d["layer"]),
+            inputs=tuple(inputs),
+            input_dim=input_dim,
+            output_dim=output_dim,
+            mask_zero=bool(d["mask_zero"]),
+            padding_id=padding,
+            mask_output=d.get("mask_output"),
+            dtype=str(d.get("dtype", "float32")),
+        )
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,15 @@ class ModelMetadata:
             for name in emb.inputs:
                 bounds[name] = min(bounds.get(name, emb.input_dim), emb.input_dim)
         return bounds
+
+    def padding_ids(self) -> dict[str, int]:
+        """The padding id per graph input, for inputs that only ``mask_zero`` Embeddings read: there a
+        ragged batch may be padded, since the mask marks the padding; elsewhere id 0 is a real token."""
+        found: dict[str, list[int | None]] = {}
+        for emb in self.embeddings:
+            for name in emb.inputs:
+                found.setdefault(name, []).append(emb.padding_id if emb.mask_zero else None)
+        return {n: ids[0] for n, ids in found.items() if ids[0] is not None and len(set(ids)) == 1}
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` to write: format, embeddings JSON, versions, then any other raw keys."""

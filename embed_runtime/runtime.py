@@ -35,7 +35,9 @@ from .session import BoundShape, Providers, RuntimeOptions, Shape, create_sessio
 _Key = tuple[tuple[Shape, ...], tuple[str, ...]]
 
 
-def _spec(arg: Any, input_dims: Mapping[str, int] | None = None) -> TensorSpec:
+def _spec(
+    arg: Any, input_dims: Mapping[str, int] | None = None, padding_ids: Mapping[str, int] | None = None
+) -> TensorSpec:
     """A :class:`TensorSpec` from an onnxruntime ``NodeArg``."""
     raw = list(arg.shape) if isinstance(arg.shape, (list, tuple)) else []
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in raw)
@@ -48,6 +50,7 @@ def _spec(arg: Any, input_dims: Mapping[str, int] | None = None) -> TensorSpec:
         input_dim=None if input_dims is None else input_dims.get(arg.name),
         input_length=length,
         dim_names=names,
+        padding_id=None if padding_ids is None else padding_ids.get(arg.name),
     )
 
 
@@ -82,10 +85,18 @@ class Runtime:
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         try:
             self.metadata = ModelMetadata.from_props(props)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"{self.path}: malformed embed_runtime metadata: {exc}") from None
         dims = self.metadata.input_dims()
-        self.inputs = [_spec(a, dims) for a in self.session.get_inputs()]
+        graph_inputs = [a.name for a in self.session.get_inputs()]
+        unknown = sorted(set(dims) - set(graph_inputs))
+        if unknown:  # the ids of those embeddings would go unchecked: refuse rather than guess
+            raise ModelLoadError(
+                f"{self.path}: metadata names input(s) {', '.join(map(repr, unknown))} for an embedding, but "
+                f"the graph's inputs are {', '.join(map(repr, graph_inputs))}"
+            )
+        pads = self.metadata.padding_ids()
+        self.inputs = [_spec(a, dims, pads) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self._output_names = tuple(s.name for s in self.outputs)
         self._out_specs = {s.name: s for s in self.outputs}
@@ -195,6 +206,13 @@ class Runtime:
                 # small outputs: the bound buffers are cheaper than a new IOBinding; copy into out=
                 result = self._run_reusing(feeds, shapes, names, outputs is None)
                 for name, target in targets.items():
+                    if (
+                        target.shape != result[name].shape
+                    ):  # an axis the graph does not state: never broadcast
+                        raise InvalidInputError(
+                            f"out[{name!r}] has shape {target.shape} but output {name!r} is "
+                            f"{result[name].shape} for these inputs"
+                        )
                     np.copyto(target, result[name])
                 return {n: targets.get(n, result[n]) for n in names}
             return self._run_into(feeds, names, targets)
@@ -223,6 +241,7 @@ class Runtime:
             result = bound.run(feeds)
         except Exception:  # e.g. data-dependent output shapes: forget the binding, run plainly
             del cache[key]
+            self._local.hot = None
             result = None
         return self._run_plain(feeds, names) if result is None else result
 
@@ -242,6 +261,7 @@ class Runtime:
         cache[key] = BoundShape(self.session, feeds, result)
         while len(cache) > self.options.io_binding_cache:
             cache.popitem(last=False)
+            self._local.hot = None  # it may point at the evicted entry
 
     def _run_plain(self, feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
         try:

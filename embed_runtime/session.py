@@ -22,7 +22,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelLoadError, ProviderError
+from .errors import InvalidInputError, ModelLoadError, ProviderError
+from .inputs import max_reduce
 
 logger = logging.getLogger("embed_runtime")
 
@@ -73,10 +74,9 @@ ORT_TO_NUMPY: dict[str, np.dtype[Any]] = {
 """onnxruntime's type strings (``NodeArg.type``) to numpy dtypes; anything else maps to ``object``."""
 
 MAX_BUFFER_SETS = 3
+"""Buffer sets per input shape: enough for a caller that keeps the previous result while asking the next."""
 SMALL_BATCH_IDS = 64
 """Up to this many ids, the hot path checks them with Python's ``max`` (cheaper than a ufunc call)."""
-_MAX_REDUCE = np.maximum.reduce
-"""Buffer sets per input shape: enough for a caller that keeps the previous result while asking the next."""
 
 Shape = tuple[int, ...]
 _Layout = tuple[tuple[tuple[str, Shape, np.dtype[Any]], ...], ...]
@@ -116,6 +116,26 @@ class RuntimeOptions:
     log_provider_choice: bool = True
     log_severity_level: int = 3
     graph_optimization_level: str = "all"
+
+    def __post_init__(self) -> None:
+        limits = (
+            ("intra_op_threads", self.intra_op_threads, 0, True),
+            ("inter_op_threads", self.inter_op_threads, 0, True),
+            ("io_binding_max_bytes", self.io_binding_max_bytes, 0, False),
+            ("io_binding_cache", self.io_binding_cache, 1, False),
+            ("log_severity_level", self.log_severity_level, 0, False),
+        )
+        for name, value, low, optional in limits:
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                allowed = f"an integer >= {low}" + (" or None" if optional else "")
+                raise InvalidInputError(f"RuntimeOptions.{name} must be {allowed}, got {value!r}")
+        if self.graph_optimization_level not in _OPT_LEVELS:
+            raise InvalidInputError(
+                f"RuntimeOptions.graph_optimization_level must be one of {', '.join(_OPT_LEVELS)}, "
+                f"got {self.graph_optimization_level!r}"
+            )
 
 
 _OPT_LEVELS = {
@@ -374,7 +394,7 @@ class BoundShape:
         if limit is not None:
             flat = buffers.first_unsigned
             # a Python max over a few ids beats a ufunc reduction's fixed cost; big batches reduce
-            top = max(flat.tolist()) if flat.size <= SMALL_BATCH_IDS else int(_MAX_REDUCE(flat, None))
+            top = max(flat.tolist()) if flat.size <= SMALL_BATCH_IDS else int(max_reduce(flat, None))
             if top > limit:
                 return None
         buffers.run_bound()

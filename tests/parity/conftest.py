@@ -51,8 +51,9 @@ class Exported:
 @pytest.fixture(scope="session")
 def exported() -> Any:
     """``exported(name, flavour)`` -> :class:`Exported`, built once per session."""
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("tf2onnx")
+    import tensorflow  # noqa: F401  (the full environment has the export extra: a broken install must fail)
+    import tf2onnx  # noqa: F401
+
     cache: dict[tuple[str, str], Exported] = {}
 
     def get(name: str, flavour: str) -> Exported:

@@ -162,12 +162,14 @@ def test_out_rejected(single: Built, out: object, error: type, pattern: str) -> 
 def test_run_batched_matches_single_call(single: Built) -> None:
     rt = embed_runtime.load(single.path, providers="cpu")
     ids = ids_of((103, 6), 2)
-    chunks = list(rt.run_batched(ids, batch_size=25, progress=False))
+    stream = rt.run_batched(ids, batch_size=25, progress=False)
+    first = next(stream)
+    snapshot = first["emb"].copy()  # taken before the later chunks run
+    chunks = [first, *stream]
     assert [c["emb"].shape[0] for c in chunks] == [25, 25, 25, 25, 3]
     np.testing.assert_array_equal(np.concatenate([c["emb"] for c in chunks]), single.tables["input_ids"][ids])
     np.testing.assert_array_equal(np.concatenate([c["mask"] for c in chunks]), ids != 0)
-    held = chunks[0]["emb"].copy()
-    np.testing.assert_array_equal(chunks[0]["emb"], held)  # chunk 0 not overwritten by chunks 1..4
+    np.testing.assert_array_equal(first["emb"], snapshot)  # chunk 0 not overwritten by chunks 1..4
 
 
 def test_run_batched_generators_dicts_and_progress(
@@ -264,3 +266,31 @@ def test_out_on_repeated_calls_small_and_big(single: Built, big: bool) -> None:
         assert result["emb"] is emb
         np.testing.assert_array_equal(emb, table[ids])
         np.testing.assert_array_equal(result["mask"], ids != 0)
+
+
+def test_small_out_with_an_axis_the_graph_does_not_state_is_never_broadcast(tmp_path) -> None:
+    """A foreign graph whose output dims are all unknown: a wrong out= shape is an error, not a broadcast."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("Reshape", ["f", "shape"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, None])],
+        initializer=[numpy_helper.from_array(np.array([0, -1, 1], np.int64), "shape")],
+    )
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    rt = embed_runtime.load(path, providers="cpu")
+    ids = np.arange(8, dtype=np.int64).reshape(2, 4)
+    good = np.empty((2, 4, 1), np.float32)
+    for _ in range(3):  # the first call runs plainly, the later ones through the bound buffers
+        assert rt.run(ids, out=good)["y"] is good
+        np.testing.assert_array_equal(good[..., 0], ids)
+    for wrong in ((2, 4, 3), (2, 1, 1)):
+        with pytest.raises(InvalidInputError, match=r"out\['y'\] has shape"):
+            rt.run(ids, out=np.zeros(wrong, np.float32))
