@@ -167,7 +167,8 @@ class Runtime:
             single_sequence: ``inputs`` is one 1-D sequence; the outputs keep a batch axis of 1.
 
         Returned arrays belong to the caller: no later call writes into them while the caller holds them
-        or a view of them (arrays passed in ``out`` are, of course, written by the calls they are passed to). Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
+        or a view of them (arrays passed in ``out`` are written by the calls they are passed to).
+        Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
         :class:`InferenceError` when onnxruntime fails.
         """
         if (  # same shape as this thread's last call: ids are copied into a bound buffer and checked there
@@ -186,16 +187,8 @@ class Runtime:
                     self._local.hot = result = None
                 if result is not None:
                     return result
-        fast = self._fast_check  # inlined :meth:`prepare` for one ndarray
-        checked = None
-        if fast is not None and type(inputs) is np.ndarray and not single_sequence:
-            checked = fast(inputs)
-        if checked is not None:
-            feeds = {fast.name: checked}
-            shapes: tuple[Shape, ...] = (checked.shape,)
-        else:
-            feeds = prepare_all(inputs, self.inputs, single_sequence, self._checks)
-            shapes = tuple(a.shape for a in feeds.values())  # feeds are in graph input order
+        feeds = self.prepare(inputs, single_sequence=single_sequence)
+        shapes: tuple[Shape, ...] = tuple(a.shape for a in feeds.values())  # in graph input order
         names = self._output_names if outputs is None else self._select(outputs)
         if out is not None:
             targets = self._check_out(out, names, feeds)
@@ -206,9 +199,8 @@ class Runtime:
                 # small outputs: the bound buffers are cheaper than a new IOBinding; copy into out=
                 result = self._run_reusing(feeds, shapes, names, outputs is None)
                 for name, target in targets.items():
-                    if (
-                        target.shape != result[name].shape
-                    ):  # an axis the graph does not state: never broadcast
+                    # _check_out cannot see axes the graph leaves unstated: never broadcast into them
+                    if target.shape != result[name].shape:
                         raise InvalidInputError(
                             f"out[{name!r}] has shape {target.shape} but output {name!r} is "
                             f"{result[name].shape} for these inputs"
