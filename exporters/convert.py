@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -37,14 +38,21 @@ def _quiet_tf2onnx() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _loads_in_onnxruntime(model: onnx.ModelProto) -> str | None:
-    """None if onnxruntime can build a session for ``model``, else its error message."""
+def cpu_session(model: onnx.ModelProto | Path) -> Any:
+    """A quiet onnxruntime CPU session, for the exporter's own checks. Give a path when the graph has
+    external data (resolved beside the file); a proto is passed as bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _loads_in_onnxruntime(model: onnx.ModelProto) -> str | None:
+    """None if onnxruntime can build a session for ``model``, else its error message."""
     try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        cpu_session(model)
     except Exception as exc:  # onnxruntime raises several private exception types
         return str(exc).splitlines()[0]
     return None

@@ -26,7 +26,7 @@ from embed_runtime.contract import (
 )
 
 from . import large, rewrite
-from .convert import convert, hide_gpus
+from .convert import convert, cpu_session, hide_gpus
 from .errors import ExportError
 from .keras_model import ModelSpec, describe, load_model, make_tf_function
 from .verify import MaskSource, Parity, compare
@@ -100,16 +100,6 @@ def _versions(spec: ModelSpec) -> dict[str, str]:
         KEY_TF2ONNX_VERSION: tf2onnx.__version__,
         KEY_EXPORTER_VERSION: EXPORTER_VERSION,
     }
-
-
-def _session(model: onnx.ModelProto | Path) -> Any:
-    """A CPU session of ``model``; a path when the graph has external data (resolved beside it)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _io(values: Any) -> list[tuple[str, str, list[int | str]]]:
@@ -324,7 +314,7 @@ def _report(
 
 def _session_or_error(graph: onnx.ModelProto | Path) -> Any:
     try:
-        return _session(graph)
+        return cpu_session(graph)
     except Exception as exc:  # onnxruntime's own exception types are private
         raise ExportError(f"onnxruntime cannot load the rewritten graph: {exc}") from None
 
@@ -335,7 +325,7 @@ def _rewrite_diff(
     """Largest difference between the raw tf2onnx graph and the rewritten one on the verification ids."""
     from .verify import sample_feeds
 
-    before = _session(raw)
+    before = cpu_session(raw)
     names = list(spec.output_names)
     worst = 0.0
     inputs = [(s.name, s.length, input_dims.get(s.name, 2)) for s in spec.inputs]

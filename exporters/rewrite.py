@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embed_runtime.contract import MAX_IR_VERSION, PADDING_ID, ModelMetadata
 
+from .convert import cpu_session
 from .errors import ExportError
 
 INDEX_OPS = frozenset(
@@ -162,8 +163,6 @@ def _run_chain(
     model: onnx.ModelProto, source: str, chain: list[onnx.NodeProto], output: str, ids: np.ndarray
 ) -> np.ndarray:
     """Evaluate the index chain alone in onnxruntime on ``ids`` laid out as one (1, n) batch."""
-    import onnxruntime as ort
-
     used = {name for node in chain for name in node.input}
     inits = [init for init in model.graph.initializer if init.name in used]
     graph = helper.make_graph(
@@ -174,10 +173,7 @@ def _run_chain(
         initializer=inits,
     )
     probe = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run([output], {source: ids.reshape(1, -1)})[0].reshape(-1)
+    return cpu_session(probe).run([output], {source: ids.reshape(1, -1)})[0].reshape(-1)
 
 
 def collapse_index_chain(model: onnx.ModelProto, gather: onnx.NodeProto, input_dim: int) -> str | None:
@@ -277,8 +273,6 @@ def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -
     different, per-input distinct lengths (id 1 everywhere) and gives an unknown output axis the input's
     sequence axis name when its size equals that input's length in both runs.
     """
-    import onnxruntime as ort
-
     dynamic = [name for name, length in lengths.items() if length is None]
     unknown = [
         o
@@ -287,9 +281,7 @@ def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -
     ]
     if not dynamic or not unknown:
         return
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model)
     names = [o.name for o in unknown]
 
     def probe(spread: int) -> list[tuple[dict[str, int], list[tuple[int, ...]]]]:
