@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11):
 #   make demo   train the seed model, export it through tf2onnx, run it without TensorFlow, prove parity
-#   make test   lint, the whole test suite, the runtime suite again in a TensorFlow-free environment,
+#   make test   lint and type check, the whole test suite, the runtime suite again in a TensorFlow-free environment,
 #               and the Node.js cross-language check (run from the suite)
 # Both set up their own virtual environments: .venv (everything) and .venv-slim (runtime only, no TensorFlow).
 
@@ -29,6 +29,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-full: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
