@@ -10,8 +10,8 @@ It needs the ``export`` and ``bench`` extras (TensorFlow, Keras 3, tf2onnx, onnx
 a 50,000x128 and a 1,000,000x64 Keras 3 Embedding model (random tables), exports each with our exporter
 and with Keras's ``model.export(format="onnx")``, measures, writes ``docs/benchmarks.md`` and
 ``docs/benchmarks.png`` and prints the Markdown. Every contender returns numpy arrays; their outputs are
-checked equal before timing. Timing uses :func:`embed_runtime.bench.measure` (interleaved rounds,
-warm-up, medians and min-max per call).
+checked equal before timing. Timing uses :func:`embed_runtime.timing.measure` (interleaved rounds,
+warm-up, medians and min-max per call), the same as ``embed-runtime bench``, and its contender names.
 """
 
 from __future__ import annotations
@@ -31,18 +31,8 @@ import numpy as np
 import onnxruntime as ort
 
 import embed_runtime
-from embed_runtime.bench import (
-    FLOOR,
-    NP_TAKE,
-    ORT_RUN,
-    RT_NO_BINDING,
-    RT_OUT,
-    RT_RUN,
-    VALIDATION,
-    Stats,
-    measure,
-    validator,
-)
+from embed_runtime import timing
+from embed_runtime.tensors import numpy_dtype
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,19 +45,19 @@ PREDICT = "Keras predict"
 CALL = "Keras model(ids)"
 TF_FUNCTION = "tf.function"
 KERAS_ONNX = "Keras ONNX export in ort"
-OURS_ORT = ORT_RUN + " (our graph)"
+OURS_ORT = timing.ORT_RUN + " (our graph)"
 CONTENDERS = (
     PREDICT,
     CALL,
     TF_FUNCTION,
     KERAS_ONNX,
     OURS_ORT,
-    RT_RUN,
-    RT_NO_BINDING,
-    RT_OUT,
-    VALIDATION,
-    NP_TAKE,
-    FLOOR,
+    timing.RT_RUN,
+    timing.RT_NO_BINDING,
+    timing.RT_OUT,
+    timing.VALIDATION,
+    timing.NP_TAKE,
+    timing.FLOOR,
 )
 
 SMALL, BIG = ("50k x 128", 50_000, 128), ("1M x 64", 1_000_000, 64)
@@ -169,7 +159,7 @@ def contenders_for(model: Any, paths: dict[str, Any], ids: np.ndarray) -> dict[s
     )
     ours, theirs = _ort_session(paths["ours_path"]), _ort_session(paths["keras_onnx_path"])
     their_input = theirs.get_inputs()[0]
-    their_ids = ids.astype(embed_runtime.session.numpy_dtype(their_input.type))
+    their_ids = ids.astype(numpy_dtype(their_input.type))
     table = np.ascontiguousarray(model.get_layer("embedding").embeddings.numpy())
     fn = tf.function(model, input_signature=[tf.TensorSpec((None, None), tf.int64)])
     out_name = rt.outputs[0].name
@@ -181,18 +171,18 @@ def contenders_for(model: Any, paths: dict[str, Any], ids: np.ndarray) -> dict[s
         TF_FUNCTION: lambda: fn(ids).numpy(),
         KERAS_ONNX: lambda: theirs.run(None, {their_input.name: their_ids})[0],
         OURS_ORT: lambda: ours.run(None, {rt.inputs[0].name: ids})[0],
-        RT_RUN: lambda: rt.run(ids)[out_name],
-        RT_NO_BINDING: lambda: plain.run(ids)[out_name],
-        RT_OUT: lambda: rt.run(ids, out=out)[out_name],
-        NP_TAKE: lambda: np.take(table, ids, axis=0),
+        timing.RT_RUN: lambda: rt.run(ids)[out_name],
+        timing.RT_NO_BINDING: lambda: plain.run(ids)[out_name],
+        timing.RT_OUT: lambda: rt.run(ids, out=out)[out_name],
+        timing.NP_TAKE: lambda: np.take(table, ids, axis=0),
     }
     expected = np.take(table, ids, axis=0)
     for name, call in calls.items():
         got = np.asarray(call())
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-6):
             raise AssertionError(f"{name} does not return table[ids] (shape {got.shape})")
-    calls[VALIDATION] = validator(rt, ids)
-    calls[FLOOR] = lambda: np.copyto(dst, src)
+    calls[timing.VALIDATION] = lambda: rt.prepare(ids)
+    calls[timing.FLOOR] = lambda: np.copyto(dst, src)
     return calls
 
 
@@ -206,7 +196,7 @@ def latency(models: dict[str, Any], exports: dict[str, Any], quick: bool) -> lis
         ids = rng.integers(1, rows, size=(batch, seq), dtype=np.int64)
         calls = contenders_for(models[label], exports[label], ids)
         _log(f"timing {label} {batch}x{seq} ...")
-        stats = measure(calls, budget=0.15 if quick else 1.2, rounds=3 if quick else 5, min_samples=3)
+        stats = timing.measure(calls, budget=0.15 if quick else 1.2, rounds=3 if quick else 5, min_samples=3)
         records.append(
             {
                 "table": label,
@@ -353,7 +343,7 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-__all__ = ["CONTENDERS", "Stats", "main"]
+__all__ = ["CONTENDERS", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

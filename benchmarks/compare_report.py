@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from embed_runtime.bench import (
+from embed_runtime.timing import (
     FLOOR,
     RT_NO_BINDING,
     RT_OUT,
@@ -100,43 +100,32 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def _ratio_row(what: str, measured: str, ratio: float, verdicts: tuple[str, str]) -> tuple[str, str, str]:
+    """``(what, "<measured> = <ratio>", verdict)``: the first verdict above 1.05, else the second."""
+    return what, f"{measured} = {ratio:.2f}", verdicts[0] if ratio > 1.05 else verdicts[1]
+
+
 def fast_paths(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """``(fast path, measured, verdict)``: does each fast path of the runtime pay in this run?"""
+    pays = ("pays", "does not pay")
     rows = []
     for rec in results["latency"]:
         st = {n: s["median"] for n, s in rec["stats"].items()}
         case = f"{rec['table']} {rec['shape']}"
         if rec["output_bytes"] <= 1 << 20:
             ratio = st[RT_NO_BINDING] / st[RT_RUN]
-            rows.append(
-                (
-                    f"IO binding reuse, {case}",
-                    f"off/on = {ratio:.2f}",
-                    "pays" if ratio > 1.05 else "does not pay",
-                )
-            )
+            rows.append(_ratio_row(f"IO binding reuse, {case}", "off/on", ratio, pays))
             share = st[VALIDATION] / st[RT_RUN]
             rows.append(
                 (f"validation, {case}", f"{format_time(st[VALIDATION])} = {share:.0%} of `rt.run`", "")
             )
         else:
             ratio = st[RT_RUN] / st[RT_OUT]
-            rows.append(
-                (
-                    f"`out=`, {case}",
-                    f"`rt.run` / `rt.run(out=)` = {ratio:.2f}",
-                    "pays" if ratio > 1.05 else "does not pay",
-                )
-            )
+            rows.append(_ratio_row(f"`out=`, {case}", "`rt.run` / `rt.run(out=)`", ratio, pays))
         if rec["output_bytes"] <= 1 << 20:
             ratio = st[RT_OUT] / st[RT_RUN]
-            rows.append(
-                (
-                    f"`out=` on a small call, {case}",
-                    f"`rt.run(out=)` / `rt.run` = {ratio:.2f}",
-                    "costs" if ratio > 1.05 else "neutral",
-                )
-            )
+            small = f"`out=` on a small call, {case}"
+            rows.append(_ratio_row(small, "`rt.run(out=)` / `rt.run`", ratio, ("costs", "neutral")))
     st = results["streaming"]
     runs = st["run_batched"]
     ratio = runs["progress bar"]["throughput"] / runs["no progress bar"]["throughput"]

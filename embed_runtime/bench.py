@@ -6,118 +6,48 @@ For each ``BATCHxSEQ`` shape (random valid ids), measured side by side in one pr
 * ``rt.run io_binding off``: the same with ``RuntimeOptions(io_binding=False)`` (does the fast path pay?);
 * ``rt.run(out=)``: written into preallocated arrays;
 * ``ort sess.run``: a plain ``onnxruntime.InferenceSession`` with a dict of numpy inputs, what a user writes;
-* ``validation only``: the check ``rt.run`` does on a numpy array (its single-input fast check when the
-  runtime has one, else :func:`embed_runtime.inputs.prepare_all`): the share of a call spent on ids;
-* ``np.take``: numpy on the model's table, when its first output is a bare ``Gather`` of an initializer
-  (the table is read from the file by a minimal protobuf reader: ``onnx`` is not a dependency);
+* ``validation only``: :meth:`embed_runtime.Runtime.prepare`, the check ``rt.run`` does, on its own;
+* ``np.take``: numpy on the model's table, when the first output is a per-id lookup of the first input
+  (the table is read by running the model on every id, see :func:`lookup_table`, up to
+  :data:`TABLE_BYTES_CAP`; ``onnx`` is not a dependency);
 * ``memory copy (floor)``: ``np.copyto`` of as many bytes as the outputs into a preallocated array.
 
-Timings are medians per call with min-max spread over samples of several calls; contenders are run in
-interleaved rounds so that drift of the machine hits them alike, with the garbage collector off. This
-module imports only numpy, onnxruntime and embed_runtime (psutil is not needed); the comparison with
-TensorFlow and Keras lives in ``benchmarks/compare.py``, which reuses :func:`measure` from here.
+This module is the subcommand only: the timing (:func:`~embed_runtime.timing.measure`, interleaved rounds
+with the garbage collector off, medians with min-max spread) and the report tables are
+:mod:`embed_runtime.timing`, which ``benchmarks/compare.py`` (the comparison with TensorFlow and Keras)
+uses too. ``--providers``/``--threads`` and the one-line error path are :mod:`embed_runtime.cli_common`'s.
+Imports only numpy, onnxruntime and embed_runtime.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import math
-import os
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .inputs import prepare_all
-from .runtime import Runtime, load
-from .session import RuntimeOptions
+from . import Runtime, RuntimeOptions, load
+from .cli_common import add_session_arguments, make_parser, run_command
+from .timing import (
+    FLOOR,
+    NP_TAKE,
+    ORT_RUN,
+    RT_NO_BINDING,
+    RT_OUT,
+    RT_RUN,
+    VALIDATION,
+    Stats,
+    markdown_table,
+    measure,
+    table_rows,
+)
 
-RT_RUN = "rt.run"
-RT_NO_BINDING = "rt.run io_binding off"
-RT_OUT = "rt.run(out=)"
-ORT_RUN = "ort sess.run"
-VALIDATION = "validation only"
-NP_TAKE = "np.take"
-FLOOR = "memory copy (floor)"
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Per-call timing of one contender: median, min and max over samples, in seconds."""
-
-    name: str
-    median: float
-    min: float
-    max: float
-    samples: int
-    calls_per_sample: int
-
-    @property
-    def calls(self) -> int:
-        """Timed calls in all."""
-        return self.samples * self.calls_per_sample
-
-
-def _clock(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def measure(
-    contenders: Mapping[str, Callable[[], object]],
-    *,
-    budget: float = 1.0,
-    rounds: int = 5,
-    min_samples: int = 5,
-    max_samples: int = 2000,
-    sample_time: float = 2e-4,
-    warmup: float = 0.05,
-) -> dict[str, Stats]:
-    """Time each zero-argument callable in interleaved rounds; returns per-call :class:`Stats` per name.
-
-    Each contender is warmed up (at least 2 calls and ``warmup`` seconds), its cost estimated, then timed
-    in samples of ``k`` back-to-back calls (``k`` such that a sample lasts about ``sample_time``, so that
-    microsecond calls are not drowned by the clock). The number of samples is ``budget`` seconds' worth,
-    clamped to ``[min_samples, max_samples]``: slow contenders such as Keras ``predict`` get fewer. The
-    samples are split over ``rounds`` rounds, each running every contender in turn.
-    """
-    plan: dict[str, tuple[int, int]] = {}
-    for name, fn in contenders.items():
-        fn()
-        start, calls = time.perf_counter(), 1
-        while calls < 2 or time.perf_counter() - start < warmup:
-            fn()
-            calls += 1
-        cost = max(_clock(fn, 1), 1e-9)
-        per_sample = max(1, math.ceil(sample_time / cost))
-        samples = int(min(max_samples, max(min_samples, budget / (cost * per_sample))))
-        plan[name] = (per_sample, samples)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                per_sample, samples = plan[name]
-                todo = samples // rounds + (1 if r < samples % rounds else 0)
-                fn = contenders[name]
-                times[name].extend(_clock(fn, per_sample) for _ in range(todo))
-    finally:
-        if enabled:
-            gc.enable()
-    return {
-        name: Stats(name, float(np.median(t)), min(t), max(t), len(t), plan[name][0])
-        for name, t in times.items()
-    }
+Ids = np.ndarray | dict[str, np.ndarray]
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -131,41 +61,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     return batch, seq
 
 
-def format_time(seconds: float) -> str:
-    """A duration with a unit that keeps 3 significant digits: ``7.12 us``, ``31.9 ms``."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds * 1e9:.3g} ns"
-
-
-def table_rows(
-    stats: Mapping[str, Stats], reference: str, floor: str | None = None
-) -> list[tuple[str, str, str, str, str]]:
-    """Rows ``(contender, median, min-max, x reference, x floor)`` sorted by median, ratios of medians."""
-    ref = stats[reference].median if reference in stats else math.nan
-    low = stats[floor].median if floor is not None and floor in stats else math.nan
-    rows = []
-    for s in sorted(stats.values(), key=lambda s: s.median):
-        rows.append(
-            (
-                s.name,
-                format_time(s.median),
-                f"{format_time(s.min)} - {format_time(s.max)}",
-                f"{s.median / ref:.3g}",
-                f"{s.median / low:.3g}" if not math.isnan(low) else "",
-            )
-        )
-    return rows
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def random_ids(rt: Runtime, batch: int, seq: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Valid random ids (never the padding id 0) in the dtype of each graph input."""
     feeds = {}
@@ -175,114 +70,58 @@ def random_ids(rt: Runtime, batch: int, seq: int, rng: np.random.Generator) -> d
     return feeds
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
+TABLE_BYTES_CAP = 256 * 2**20
+"""The largest table :func:`lookup_table` reads, 256 MiB: it is a second copy of the table in memory, so
+for a bigger one ``np.take`` is skipped (with a note) rather than doubling the footprint of the run."""
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, Any]]:
-    """``(field number, value)`` of one protobuf message: an int for varints, a memoryview otherwise."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        wire = key & 7
-        value: Any
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = buf[pos : pos + size], pos + size
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos : pos + size], pos + size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield key >> 3, value
+class NoTable(Exception):
+    """:func:`lookup_table` cannot give a table; the message says why (it becomes the skip note)."""
 
 
-_TABLE_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # ONNX TensorProto.DataType
+def lookup_table(rt: Runtime, max_bytes: int = TABLE_BYTES_CAP) -> np.ndarray:
+    """Rows ``0 .. input_dim - 1`` of the first output as a function of the first input's ids.
+
+    Read by running the model itself on those ids (in rows of the input's fixed length, the last row
+    padded with id 0 and cut back, or in rows of one id when the length is free, so that a recurrent
+    layer never sees a long sequence; every other input gets zeros of the same shape): only public
+    onnxruntime and numpy calls, nothing parses the file. When the first output is a
+    per-id lookup this is its table; :func:`bench_shape` proves that ``np.take`` on it reproduces the
+    model's output on the benchmark's ids before timing it. Raises :class:`NoTable` when the model records
+    no id range, when its first output is not one row per id, or when the table would exceed ``max_bytes``.
+    """
+    first, output = rt.inputs[0], rt.outputs[0].name
+    rows = first.input_dim
+    if rows is None:
+        raise NoTable(f"the model records no id range (input_dim) for its input {first.name!r}")
+    length = first.input_length or 1
+
+    def run(ids: np.ndarray) -> np.ndarray:
+        feeds = {spec.name: np.zeros(ids.shape, dtype=spec.dtype) for spec in rt.inputs}
+        feeds[first.name] = ids
+        return rt.run(feeds, outputs=[output])[output]
+
+    probe_ids = np.zeros((1, length), dtype=first.dtype)
+    probe = run(probe_ids)
+    if probe.ndim != 3 or probe.shape[:2] != probe_ids.shape:
+        raise NoTable(
+            f"the first output {output!r} has shape {probe.shape} for ids of shape {probe_ids.shape}, "
+            "not one row per id"
+        )
+    size = rows * probe[0, 0].nbytes
+    if size > max_bytes:
+        raise NoTable(
+            f"the table behind {output!r} ({rows} rows, {size / 2**20:.0f} MiB) is over the "
+            f"{max_bytes / 2**20:.0f} MiB this benchmark copies"
+        )
+    ids = np.zeros(-(-rows // length) * length, dtype=first.dtype)
+    ids[:rows] = np.arange(rows)
+    return run(ids.reshape(-1, length)).reshape(-1, probe.shape[2])[:rows]
 
 
-def _tensor(buf: memoryview) -> tuple[str, np.ndarray | None]:
-    """Name and value of a ``TensorProto`` stored in the file (``None`` for external or unknown data)."""
-    name, dims, dtype, raw, floats = "", [], None, None, None
-    for number, value in _fields(buf):
-        if number == 1:
-            dims.extend([value] if isinstance(value, int) else _packed_varints(value))
-        elif number == 2:
-            dtype = _TABLE_DTYPES.get(value)
-        elif number == 8:
-            name = bytes(value).decode()
-        elif number == 9:
-            raw = value
-        elif number == 4:
-            floats = value  # packed float_data: the same little-endian bytes as raw_data
-    if raw is None and dtype is np.float32:
-        raw = floats
-    if dtype is None or raw is None:
-        return name, None
-    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-    return name, array.reshape(dims) if array.size == int(np.prod(dims)) else None
-
-
-def _packed_varints(buf: memoryview) -> list[int]:
-    values, pos = [], 0
-    while pos < len(buf):
-        value, pos = _varint(buf, pos)
-        values.append(value)
-    return values
-
-
-def lookup_table(path: str | os.PathLike[str], output: str) -> np.ndarray | None:
-    """The table behind ``output`` when a ``Gather`` (axis 0) of an initializer by a graph input produces
-    it directly, read from the ONNX file with a minimal protobuf reader (no ``onnx`` import); else
-    ``None`` (not a bare lookup, or the table is stored as external data)."""
-    with open(path, "rb") as f:
-        model = memoryview(f.read())
-    graph = next((v for n, v in _fields(model) if n == 7), None)
-    if graph is None:
-        return None
-    nodes, initializers, inputs = [], {}, set()
-    for number, value in _fields(graph):
-        if number == 1:
-            node = {"input": [], "output": [], "op": "", "axis": 0}
-            for n, v in _fields(value):
-                if n in (1, 2):
-                    node["input" if n == 1 else "output"].append(bytes(v).decode())
-                elif n == 4:
-                    node["op"] = bytes(v).decode()
-                elif n == 5:
-                    attr = dict(_fields(v))
-                    if bytes(attr.get(1, b"")).decode() == "axis":
-                        node["axis"] = attr.get(3, 0)
-            nodes.append(node)
-        elif number == 5:
-            name, array = _tensor(value)
-            initializers[name] = array
-        elif number == 11:
-            inputs.add(bytes(dict(_fields(value)).get(1, b"")).decode())
-    for node in nodes:
-        if node["op"] == "Gather" and node["output"] == [output] and node["axis"] == 0:
-            data, ids = node["input"]
-            table = initializers.get(data)
-            if table is not None and ids in inputs and table.ndim == 2:
-                return table.copy()
-    return None
-
-
-def validator(rt: Runtime, ids: Any) -> Callable[[], object]:
-    """A call doing the validation ``rt.run(ids)`` does: the runtime's fast check of one ndarray when it
-    has one (a private attribute, looked up defensively), else :func:`prepare_all`."""
-    fast = getattr(rt, "_fast_check", None)
-    if callable(fast) and isinstance(ids, np.ndarray):
-        return lambda: fast(ids)
-    return lambda: prepare_all(ids, rt.inputs)
+def as_ids(feeds: dict[str, np.ndarray]) -> Ids:
+    """What ``rt.run`` takes: the array alone for a single-input model, else the dict."""
+    return next(iter(feeds.values())) if len(feeds) == 1 else feeds
 
 
 def bench_shape(
@@ -295,7 +134,7 @@ def bench_shape(
 ) -> tuple[dict[str, Stats], list[str]]:
     """Measure every contender for one set of ids; returns the stats and notes (skipped contenders)."""
     notes: list[str] = []
-    ids: Any = next(iter(feeds.values())) if len(feeds) == 1 else feeds
+    ids = as_ids(feeds)
     result = rt.run(ids)
     out = {name: np.empty_like(a) for name, a in result.items()}
     nbytes = sum(a.nbytes for a in result.values())
@@ -306,7 +145,7 @@ def bench_shape(
         RT_NO_BINDING: lambda: plain.run(ids),
         RT_OUT: lambda: rt.run(ids, out=out),
         ORT_RUN: lambda: sess.run(None, feeds),
-        VALIDATION: validator(rt, ids),
+        VALIDATION: lambda: rt.prepare(ids),
         FLOOR: lambda: np.copyto(dst, src),
     }
     if table is not None:
@@ -315,7 +154,7 @@ def bench_shape(
         if np.array_equal(np.take(table, only, axis=0), result[first]):
             contenders[NP_TAKE] = lambda: np.take(table, only, axis=0)
         else:
-            notes.append("np.take skipped: it does not reproduce the model's output (not a bare lookup)")
+            notes.append("np.take skipped: it does not reproduce the model's output (not a per-id lookup)")
     return measure(contenders, **measure_args), notes
 
 
@@ -341,8 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="id shapes to time (default: 1x16 32x10 4096x128, or those batches at the model's fixed length; "
         "with --quick: 512x128 instead of 4096x128)",
     )
-    parser.add_argument("--providers", default="auto", help="execution providers (default: auto)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads of our runtime")
+    add_session_arguments(parser, threads_help="intra-op threads of our runtime (default: onnxruntime's)")
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds of timing per contender and shape (default 1)"
     )
@@ -366,15 +204,17 @@ def main(args: argparse.Namespace) -> int:
     so = ort.SessionOptions()  # onnxruntime's defaults (threads, spinning), as a user would have them
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(args.model), sess_options=so, providers=rt.providers)
-    table = lookup_table(args.model, rt.outputs[0].name)
     rng = np.random.default_rng(args.seed)
     print(f"# embed-runtime bench {args.model}")
     print(
         f"onnxruntime {ort.__version__}, numpy {np.__version__}, providers {', '.join(rt.providers)}, "
         f"threads {args.threads or 'default'}; median per call, ratios of medians\n"
     )
-    if table is None:
-        print("np.take skipped: the first output is not a bare Gather of a table stored in the file\n")
+    table: np.ndarray | None = None
+    try:
+        table = lookup_table(plain)
+    except NoTable as exc:
+        print(f"np.take skipped: {exc}\n")
     report: dict[str, Any] = {"model": str(args.model), "providers": rt.providers, "shapes": {}}
     fixed = rt.inputs[0].input_length
     if fixed is not None and args.shapes is None:  # default shapes: keep the batches, use the fixed length
@@ -387,9 +227,7 @@ def main(args: argparse.Namespace) -> int:
         stats, notes = bench_shape(
             rt, plain, sess, table, feeds, budget=budget, rounds=args.rounds, min_samples=args.min_samples
         )
-        out_bytes = sum(
-            a.nbytes for a in rt.run(feeds if len(feeds) > 1 else next(iter(feeds.values()))).values()
-        )
+        out_bytes = sum(a.nbytes for a in rt.run(as_ids(feeds)).values())
         print(f"## {batch}x{seq} ({out_bytes / 1e6:.3g} MB of outputs)\n")
         header = ["contender", "median", "min - max", f"x {RT_RUN}", "x floor"]
         print(markdown_table(header, table_rows(stats, RT_RUN, FLOOR)))
@@ -412,9 +250,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _standalone() -> int:
     """``python -m embed_runtime.bench MODEL``, the same as ``embed-runtime bench MODEL``."""
-    parser = argparse.ArgumentParser(prog="embed-runtime bench", description=__doc__.splitlines()[0])
+    parser = make_parser("embed-runtime bench", __doc__.splitlines()[0])
     add_arguments(parser)
-    return main(parser.parse_args())
+    return run_command("embed-runtime bench", main, parser.parse_args())
 
 
 if __name__ == "__main__":

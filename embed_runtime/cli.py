@@ -1,7 +1,9 @@
-"""The ``embed-runtime`` command: ``info``, ``run``, and the ``bench`` / ``serve`` subcommands.
+"""The ``embed-runtime`` command: ``info`` and ``run`` here, ``bench`` and ``serve`` in their modules.
 
 ``bench`` and ``serve`` live in :mod:`embed_runtime.bench` and :mod:`embed_runtime.serve`; each exposes
 ``add_arguments(parser)`` and ``main(args) -> int`` and is imported only when its subcommand is used.
+The options they share (``--providers``, ``--threads``) and the one-line error path (``embed-runtime
+<command>: error: ...``, exit status 1) come from :mod:`embed_runtime.cli_common`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 
-from .errors import EmbedRuntimeError, InvalidInputError
+from . import InvalidInputError, Runtime, __version__, load
+from .cli_common import add_session_arguments, make_parser, run_command
 
 EPILOG = """examples:
   embed-runtime info model.onnx
@@ -32,23 +36,17 @@ LAZY_COMMANDS = {
 }
 
 
-def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="the exported .onnx file")
-    parser.add_argument(
-        "--providers",
-        default="auto",
-        help='"auto" (default: best available, CPU last) or a comma-separated list such as "cuda,cpu"',
-    )
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+    add_session_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``embed-runtime``."""
-    parser = argparse.ArgumentParser(
-        prog="embed-runtime",
-        description="Run exported Keras Embedding models (ONNX) under onnxruntime, without TensorFlow.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = make_parser(
+        "embed-runtime",
+        "Run exported Keras Embedding models (ONNX) under onnxruntime, without TensorFlow.",
+        EPILOG,
     )
     parser.add_argument("--version", action="store_true", help="print the versions and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser(
         "info", help="show a model's inputs, outputs, embeddings, versions and providers in use"
     )
-    _add_session_arguments(info)
+    _add_model_arguments(info)
 
     run = sub.add_parser(
         "run",
@@ -65,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_session_arguments(run)
+    _add_model_arguments(run)
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--ids", help='JSON ids: "[[4, 20, 0]]" (ragged lists are padded with 0) or {"input name": ids, ...}'
@@ -82,14 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _providers(text: str) -> str | list[str]:
-    return "auto" if text.strip().lower() == "auto" else [p.strip() for p in text.split(",") if p.strip()]
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from .runtime import load
-
-    return load(args.model, providers=_providers(args.providers), threads=args.threads)
+def _load(args: argparse.Namespace) -> Runtime:
+    return load(args.model, providers=args.providers, threads=args.threads)
 
 
 def _shape(shape: Sequence[int | None], names: Sequence[str | None] = ()) -> str:
@@ -99,10 +91,6 @@ def _shape(shape: Sequence[int | None], names: Sequence[str | None] = ()) -> str
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print what a model takes and gives, its embedding facts and versions, and where it runs."""
-    import onnxruntime
-
-    from . import __version__
-
     rt = _load(args)
     print(f"model: {rt.path}")
     print(f"providers in use: {', '.join(rt.providers)}")
@@ -134,6 +122,8 @@ def _read_inputs(args: argparse.Namespace) -> Any:
             return json.loads(args.ids)
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"--ids is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInputError("--ids is JSON nested too deep; ids are a (batch, seq) list of lists") from None
     path: Path = args.input
     if not path.is_file():
         raise InvalidInputError(f"--input file not found: {path}")
@@ -157,8 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = next(iter(inputs.values())) if rt.inputs[0].name not in inputs else inputs
     result = rt.run(inputs, single_sequence=args.single_sequence)
     if args.output is not None:
+        # typed as Any: numpy's stub has a keyword allow_pickle: bool that mypy matches **result against
+        arrays: dict[str, Any] = result
         try:
-            np.savez(args.output, **result)
+            np.savez(args.output, **arrays)
         except OSError as exc:
             raise InvalidInputError(f"cannot write --output {args.output}: {exc}") from None
         print(f"wrote {', '.join(result)} to {args.output}")
@@ -182,7 +174,7 @@ def _run_lazy(name: str, rest: list[str]) -> int:
         return 2
     parser = argparse.ArgumentParser(prog=f"embed-runtime {name}", description=text)
     module.add_arguments(parser)
-    return int(module.main(parser.parse_args(rest)))
+    return run_command(f"embed-runtime {name}", module.main, parser.parse_args(rest))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,20 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        import onnxruntime
-
-        from . import __version__
-
         print(f"embed-runtime {__version__} (onnxruntime {onnxruntime.__version__}, numpy {np.__version__})")
         return 0
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return cmd_info(args) if args.command == "info" else cmd_run(args)
-    except EmbedRuntimeError as exc:
-        print(f"embed-runtime {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(f"embed-runtime {args.command}", cmd_info if args.command == "info" else cmd_run, args)
 
 
 if __name__ == "__main__":

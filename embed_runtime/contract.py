@@ -8,7 +8,8 @@ An exported model is a plain ONNX file. What makes it an *embed-runtime* artifac
   ``Input(shape=(10,))``) and dynamic otherwise.
 * **Outputs**: the Keras outputs under the Keras output names, then one bool output per Embedding layer
   with ``mask_zero=True``: named ``mask`` when the model has one such layer, ``<layer name>_mask`` when it
-  has several. A mask is ``ids != 0``, exactly Keras's ``Embedding.compute_mask``.
+  has several, ``<layer>_<input>_mask`` when one layer is shared by several inputs (one mask per input it
+  reads; see :func:`mask_output_name`). A mask is ``ids != 0``, exactly Keras's ``Embedding.compute_mask``.
 * **Metadata** (ONNX ``metadata_props``, string to string), keys below. ``embed_runtime.embeddings`` is a
   JSON list with one object per Embedding layer (see :class:`EmbeddingInfo`); the runtime uses it to reject
   ids outside ``[0, input_dim)`` before onnxruntime sees them (ONNX ``Gather`` silently wraps negative ids).
@@ -191,6 +192,8 @@ class ModelMetadata:
                 entries = json.loads(props[KEY_EMBEDDINGS])
             except json.JSONDecodeError as exc:
                 raise ValueError(f"metadata {KEY_EMBEDDINGS!r} is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise ValueError(f"metadata {KEY_EMBEDDINGS!r} is JSON nested too deep to read") from None
             if not isinstance(entries, list):
                 raise ValueError(
                     f"metadata {KEY_EMBEDDINGS!r} must be a JSON list, found {type(entries).__name__}"

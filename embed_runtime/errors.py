@@ -1,8 +1,8 @@
 """The package's exceptions.
 
 Every error the runtime raises on purpose is an :class:`EmbedRuntimeError`, so a caller (or the server)
-can catch one class. Input problems are also ``ValueError`` or ``TypeError`` so that code written for
-plain numpy conventions keeps working.
+can catch one class. Input and configuration problems are also ``ValueError`` or ``TypeError`` so that
+code written for plain numpy conventions keeps working.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ class InputTypeError(EmbedRuntimeError, TypeError):
     """An input has a type the model cannot take: floats, bools, strings, objects."""
 
 
+class ConfigurationError(EmbedRuntimeError, ValueError):
+    """A setting of the runtime has an invalid value: a :class:`~embed_runtime.RuntimeOptions` field or
+    the ``batch_size`` of :meth:`~embed_runtime.Runtime.run_batched`. Not about the ids of a request."""
+
+
 class ModelLoadError(EmbedRuntimeError):
     """The model file is missing, is not ONNX, is truncated, or points at data it may not read."""
 
@@ -31,3 +36,9 @@ class ProviderError(EmbedRuntimeError, RuntimeError):
 
 class InferenceError(EmbedRuntimeError, RuntimeError):
     """onnxruntime failed while running a model on inputs that passed validation."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (onnxruntime's run on for pages), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

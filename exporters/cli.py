@@ -1,4 +1,8 @@
-"""``embed-export``: export a saved Keras model to a verified ONNX artifact from the shell."""
+"""``embed-export``: export a saved Keras model to a verified ONNX artifact from the shell.
+
+The parser and the one-line error path (``embed-export: error: ...``, exit status 1) are those of the
+runtime's commands, from :mod:`embed_runtime.cli_common`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+from embed_runtime.cli_common import make_parser, run_command
 
 EPILOG = """examples:
   embed-export model.keras -o model.onnx
@@ -19,11 +25,10 @@ nothing is written and the exit status is 1."""
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``embed-export``."""
-    parser = argparse.ArgumentParser(
-        prog="embed-export",
-        description="Export a Keras model with Embedding layers to a minimal ONNX graph (Gather + mask outputs).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = make_parser(
+        "embed-export",
+        "Export a Keras model with Embedding layers to a minimal ONNX graph (Gather + mask outputs).",
+        EPILOG,
     )
     parser.add_argument("model", help="a .keras or .h5 file, or a SavedModel folder")
     parser.add_argument("-o", "--output", required=True, help="path of the .onnx file to write")
@@ -54,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
+
+    def export(args: argparse.Namespace) -> int:
         report = export_keras(
             args.model,
             args.output,
@@ -64,11 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             external_data_threshold=args.external_data_threshold,
         )
-    except ExportError as exc:
-        print(f"embed-export: error: {exc}", file=sys.stderr)
-        return 1
-    print(report)
-    return 0
+        print(report)
+        return 0
+
+    return run_command("embed-export", export, args, expected=(ExportError,))
 
 
 if __name__ == "__main__":

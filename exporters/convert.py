@@ -49,6 +49,14 @@ def cpu_session(model: onnx.ModelProto | Path) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def load_rewritten(model: onnx.ModelProto | Path) -> Any:
+    """:func:`cpu_session` of a rewritten graph, or :class:`ExportError` if onnxruntime cannot load it."""
+    try:
+        return cpu_session(model)
+    except Exception as exc:  # onnxruntime's own exception types are private
+        raise ExportError(f"onnxruntime cannot load the rewritten graph: {exc}") from None
+
+
 def _loads_in_onnxruntime(model: onnx.ModelProto) -> str | None:
     """None if onnxruntime can build a session for ``model``, else its error message."""
     try:

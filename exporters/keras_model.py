@@ -2,8 +2,8 @@
 
 Keras 3 (``import keras`` on the TensorFlow backend) and tf-keras / Keras 2 (``TF_USE_LEGACY_KERAS=1``)
 differ in where they keep input names, output names and the Embedding table. This module hides that:
-:func:`load_model` opens a path, :func:`describe` turns a model object into a :class:`ModelSpec`, and
-:func:`make_tf_function` wraps it as the ``tf.function`` tf2onnx converts.
+:func:`load_model` opens a path, :func:`describe` turns a model object into a :class:`KerasModelInfo`,
+and :func:`make_tf_function` wraps it as the ``tf.function`` tf2onnx converts.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _AUTO_INPUT_NAME = re.compile(r"^(keras_tensor|input_layer|input|embedding)(_\d+
 
 
 @dataclass(frozen=True)
-class InputSpec:
+class IdInput:
     """One model input as it will appear in the ONNX graph (always int64 ids)."""
 
     name: str
@@ -46,18 +46,24 @@ class EmbeddingLayer:
     shape: tuple[int, int]
     dtype: str
 
+    @property
+    def onnx_name(self) -> str:
+        """The name the exported graph gives the table's initializer: ``<layer>.embeddings``."""
+        return f"{self.name}.embeddings"
+
     def read_table(self) -> np.ndarray:
         """The table's current values (a copy: read it only when it is needed)."""
         return np.asarray(self.layer.embeddings.numpy())
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What the exporter needs to know about a Keras model."""
+class KerasModelInfo:
+    """What the exporter needs to know about a Keras model: the model object, its flavour, its id inputs,
+    output names and Embedding layers."""
 
     model: Any
     flavour: str
-    inputs: tuple[InputSpec, ...]
+    inputs: tuple[IdInput, ...]
     output_names: tuple[str, ...]
     embeddings: tuple[EmbeddingLayer, ...]
     keras_version: str
@@ -136,10 +142,10 @@ def embedding_layers(model: Any, flavour: str) -> list[Any]:
     return list(seen.values())
 
 
-def _call_on_padding(model: Any, inputs: list[InputSpec]) -> Any:
+def _call_on_padding(model: Any, inputs: list[IdInput]) -> Any:
     """Call the model once on padding ids: a model reloaded from disk may never have been called, and
     Keras refuses to trace it until it has."""
-    batch = [np.zeros((1, spec.length or 1), dtype=np.int64) for spec in inputs]
+    batch = [np.zeros((1, ids.length or 1), dtype=np.int64) for ids in inputs]
     return model(batch[0] if len(batch) == 1 else batch, training=False)
 
 
@@ -186,12 +192,12 @@ def _output_names(model: Any, n_outputs: int) -> list[str]:
     return names
 
 
-def describe(model: Any) -> ModelSpec:
-    """Read a Keras model object into a :class:`ModelSpec` (builds the model if it was never called)."""
+def describe(model: Any) -> KerasModelInfo:
+    """Read a Keras model object into a :class:`KerasModelInfo` (builds the model if it was never called)."""
     flavour = flavour_of(model)
     raw_inputs = _keras_inputs(model)
     names = _readable_input_names([n for n, _ in raw_inputs])
-    inputs = [InputSpec(name, length) for name, (_, length) in zip(names, raw_inputs)]
+    inputs = [IdInput(name, length) for name, (_, length) in zip(names, raw_inputs)]
     probe = _call_on_padding(model, inputs)
     layers = embedding_layers(model, flavour)
     if not layers:
@@ -208,7 +214,7 @@ def describe(model: Any) -> ModelSpec:
                 input_dim=int(layer.input_dim),
                 output_dim=int(layer.output_dim),
                 mask_zero=bool(layer.mask_zero),
-                shape=tuple(int(d) for d in variable.shape),
+                shape=(int(variable.shape[0]), int(variable.shape[1])),
                 dtype=np.dtype(getattr(variable.dtype, "name", variable.dtype)).name,
             )
         )
@@ -222,10 +228,10 @@ def describe(model: Any) -> ModelSpec:
         import tf_keras
 
         version = tf_keras.__version__
-    return ModelSpec(model, flavour, tuple(inputs), tuple(out_names), tuple(embeddings), version)
+    return KerasModelInfo(model, flavour, tuple(inputs), tuple(out_names), tuple(embeddings), version)
 
 
-def make_tf_function(spec: ModelSpec) -> Any:
+def make_tf_function(info: KerasModelInfo) -> Any:
     """A ``tf.function`` with int64 id inputs under the readable names, returning ``{output name: tensor}``.
 
     tf2onnx's ``from_function`` converts it for both flavours (``from_keras`` fails on Keras 3 Sequential
@@ -233,9 +239,9 @@ def make_tf_function(spec: ModelSpec) -> Any:
     """
     import tensorflow as tf
 
-    signature = [tf.TensorSpec((None, s.length), tf.int64, name=s.name) for s in spec.inputs]
-    model = spec.model
-    names = spec.output_names
+    signature = [tf.TensorSpec((None, s.length), tf.int64, name=s.name) for s in info.inputs]
+    model = info.model
+    names = info.output_names
 
     @tf.function(input_signature=signature, autograph=False)
     def serve(*ids: Any) -> dict[str, Any]:
@@ -263,11 +269,11 @@ def make_tf_function(spec: ModelSpec) -> Any:
     return serve
 
 
-def keras_outputs(spec: ModelSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def keras_outputs(info: KerasModelInfo, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run the Keras model itself on ``feeds`` (input name -> ids) and name its outputs like the graph."""
-    args = [feeds[s.name] for s in spec.inputs]
-    result = spec.model(args[0] if len(args) == 1 else args, training=False)
+    args = [feeds[s.name] for s in info.inputs]
+    result = info.model(args[0] if len(args) == 1 else args, training=False)
     if isinstance(result, dict):
-        return {k: np.asarray(result[k]) for k in spec.output_names}
+        return {k: np.asarray(result[k]) for k in info.output_names}
     tensors = list(result) if isinstance(result, (list, tuple)) else [result]
-    return {name: np.asarray(t) for name, t in zip(spec.output_names, tensors)}
+    return {name: np.asarray(t) for name, t in zip(info.output_names, tensors)}

@@ -16,6 +16,10 @@ Embedding is one ``Gather`` on one initializer. So, for every table above the th
    instead of reading them, so load time and RSS do not grow with the table.
 4. :class:`Staging` keeps the ``.onnx`` and the data file in a temporary folder beside the destination
    until both are complete and verified, then renames them into place (data first, model last).
+
+:func:`exporters.export.export_keras` runs step 1 around the conversion and the passes, step 2 is the pass
+:func:`exporters.passes.check_stand_ins_gone`, and :class:`exporters.writers.ExternalDataWriter` does
+steps 3 and 4.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from embed_runtime.contract import EmbeddingInfo
+
 from .errors import ExportError
-from .keras_model import KERAS3, EmbeddingLayer, ModelSpec
+from .keras_model import KERAS3, EmbeddingLayer, KerasModelInfo
 
 DEFAULT_THRESHOLD = 64 << 20
 """Tables with more bytes than this take the external-data path (64 MiB: tf2onnx needs ~2 GB for it)."""
@@ -92,9 +98,9 @@ def data_file_name(model_path: Path) -> str:
     return model_path.name + ".data"
 
 
-def big_tables(spec: ModelSpec, threshold: int) -> list[EmbeddingLayer]:
-    """The Embedding tables of ``spec`` with more than ``threshold`` bytes."""
-    return [emb for emb in spec.embeddings if table_bytes(emb) > threshold]
+def big_tables(info: KerasModelInfo, threshold: int) -> list[EmbeddingLayer]:
+    """The Embedding tables of the model with more than ``threshold`` bytes."""
+    return [emb for emb in info.embeddings if table_bytes(emb) > threshold]
 
 
 @dataclass
@@ -109,7 +115,7 @@ class StandIn:
     @property
     def onnx_name(self) -> str:
         """The initializer name the rewrite gives the table (``<layer>.embeddings``)."""
-        return f"{self.emb.name}.embeddings"
+        return self.emb.onnx_name
 
 
 def _primes_from(start: int, count: int) -> list[int]:
@@ -124,7 +130,7 @@ def _primes_from(start: int, count: int) -> list[int]:
 
 def _stand_in_rows(big: Sequence[EmbeddingLayer]) -> list[int]:
     """Distinct prime row counts, unlikely to be any other constant of the graph, small in bytes."""
-    row_bytes = max(emb.shape[1] * np.dtype(emb.dtype).itemsize for emb in big)
+    row_bytes = max((emb.shape[1] * np.dtype(emb.dtype).itemsize for emb in big), default=0)
     start = next((s for s in (7919, 257, 11) if s * row_bytes <= _STAND_IN_BYTES), 2)
     return _primes_from(start, len(big))
 
@@ -153,8 +159,9 @@ def _make_variable(values: np.ndarray, flavour: str, name: str) -> Any:
 
 
 @contextmanager
-def stand_ins(spec: ModelSpec, big: Sequence[EmbeddingLayer], seed: int = 0) -> Iterator[list[StandIn]]:
-    """Swap each big table of ``spec`` for a small stand-in while the block runs; always swapped back.
+def stand_ins(info: KerasModelInfo, big: Sequence[EmbeddingLayer], seed: int = 0) -> Iterator[list[StandIn]]:
+    """Swap each table in ``big`` for a small stand-in while the block runs; always swapped back. With no
+    big tables it swaps nothing and yields an empty list.
 
     The swap bypasses Keras's attribute tracking (``object.__setattr__``), so the model's weights list
     never sees the stand-in. Inside the block ``emb.read_table()`` returns the stand-in's values.
@@ -163,12 +170,12 @@ def stand_ins(spec: ModelSpec, big: Sequence[EmbeddingLayer], seed: int = 0) -> 
     done: list[StandIn] = []
     try:
         for emb, rows in zip(big, _stand_in_rows(big)):
-            attribute = _table_attribute(emb, spec.flavour)
+            attribute = _table_attribute(emb, info.flavour)
             original = emb.layer.__dict__.get(attribute)
             if original is None:
                 raise ExportError(f"Embedding {emb.name!r} keeps no table in {attribute!r}; cannot swap it")
             values = rng.standard_normal((rows, emb.shape[1])).astype(emb.dtype)
-            stand_in = _make_variable(values, spec.flavour, f"{emb.name}_stand_in")
+            stand_in = _make_variable(values, info.flavour, f"{emb.name}_stand_in")
             object.__setattr__(emb.layer, attribute, stand_in)
             done.append(StandIn(emb, attribute, original, rows))
         yield done
@@ -214,13 +221,14 @@ def check_row_count_gone(model: onnx.ModelProto, subs: Sequence[StandIn]) -> Non
             )
 
 
-def stand_in_input_dims(infos: Sequence[Any], subs: Sequence[StandIn]) -> dict[str, int]:
-    """Valid id bound per graph input while the stand-ins are in the graph (for the rewrite check)."""
+def stand_in_input_dims(embeddings: Sequence[EmbeddingInfo], subs: Sequence[StandIn]) -> dict[str, int]:
+    """Valid id bound per graph input while the stand-ins are in the graph (for the rewrite check); without
+    stand-ins, the real bounds."""
     rows = {s.emb.name: s.rows for s in subs}
     bounds: dict[str, int] = {}
-    for info in infos:
-        dim = min(info.input_dim, rows.get(info.layer, info.input_dim))
-        for name in info.inputs:
+    for emb in embeddings:
+        dim = min(emb.input_dim, rows.get(emb.layer, emb.input_dim))
+        for name in emb.inputs:
             bounds[name] = min(bounds.get(name, dim), dim)
     return bounds
 
@@ -311,7 +319,7 @@ def write_tables(
             f.write(b"\0" * (-f.tell() % ALIGNMENT))
             offset = f.tell()
             for chunk in iter_rows(tables[s.onnx_name], s.emb.dtype):
-                f.write(memoryview(chunk).cast("B"))
+                f.write(chunk.data.cast("B"))
             length = f.tell() - offset
             if length != table_bytes(s.emb):
                 raise ExportError(f"wrote {length} bytes for {s.emb.name!r}, expected {table_bytes(s.emb)}")

@@ -7,14 +7,14 @@ runtime rejects negative ids anyway, so the arithmetic is redundant. :func:`coll
 it only after *proving* the chain is the identity on every valid id (it runs the chain through
 onnxruntime on all ids ``0..input_dim-1``, or on a large sample with both ends for huge tables).
 
-The other passes are bookkeeping: mask outputs, readable names and dims, dead-node removal, the lowest IR
-version, and the contract's metadata.
+The other primitives are bookkeeping: mask outputs, readable names and dims, dead-node removal, the lowest
+IR version, and the contract's metadata. The passes that apply them, in order, are in :mod:`exporters.passes`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -373,11 +373,3 @@ def finalize(model: onnx.ModelProto, metadata: ModelMetadata, producer_version: 
 def opset_of(model: onnx.ModelProto) -> int:
     """The default-domain opset the model imports."""
     return next(o.version for o in model.opset_import if (o.domain or "") == "")
-
-
-def op_counts(nodes: Iterable[onnx.NodeProto]) -> dict[str, int]:
-    """How many nodes of each op type, sorted by name."""
-    counts: dict[str, int] = {}
-    for node in nodes:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))

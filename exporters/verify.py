@@ -1,14 +1,18 @@
-"""Export-time parity: run the Keras model and the exported graph on the same seeded ids and compare."""
+"""Export-time checks on seeded ids: parity (the Keras model vs the exported graph, :func:`compare`) and
+the rewrite check (the raw tf2onnx graph vs the rewritten one, :func:`check_rewrite`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import onnx
 
+from .convert import cpu_session
 from .errors import ExportError
-from .keras_model import ModelSpec, keras_outputs
+from .keras_model import EmbeddingLayer, KerasModelInfo, keras_outputs
 
 BATCH_SIZES = (1, 7, 32)
 DYNAMIC_LENGTHS = (1, 10, 37)
@@ -17,19 +21,27 @@ PADDINGS = ("end", "start", "none")
 
 @dataclass(frozen=True)
 class MaskSource:
-    """Where a mask output comes from: the Embedding layer object and the input whose ids it masks."""
+    """Where a mask output comes from: the Embedding layer and the input whose ids it masks."""
 
     output: str
-    layer: object
+    embedding: EmbeddingLayer
     input: str
 
 
 @dataclass
 class Parity:
-    """What the comparison measured, per output: max |onnx - keras| for floats, mismatches for masks."""
+    """What :func:`compare` measured over ``cases`` cases. A difference beyond tolerance raises instead,
+    so a ``Parity`` only exists for a graph that passed.
+
+    Attributes:
+        max_abs_diff: per output other than a mask, the largest |onnx - keras| (0 for an equal bool output).
+        equal_masks: the mask outputs compared with Keras's ``compute_mask`` in every case (all equal);
+            empty when the graph has no mask output.
+        cases: how many seeded cases were run.
+    """
 
     max_abs_diff: dict[str, float] = field(default_factory=dict)
-    mask_mismatches: dict[str, int] = field(default_factory=dict)
+    equal_masks: list[str] = field(default_factory=list)
     cases: int = 0
 
     @property
@@ -80,9 +92,14 @@ def _include_table_ends(ids: np.ndarray, padding: str, input_dim: int) -> None:
         ids[-1, 0 if padding == "start" else length - 1] = 0
 
 
+def _id_inputs(info: KerasModelInfo, input_dims: dict[str, int]) -> list[tuple[str, int | None, int]]:
+    """The model's inputs as :func:`sample_feeds` takes them; an input no table reads gets ids 0 and 1."""
+    return [(s.name, s.length, input_dims.get(s.name, 2)) for s in info.inputs]
+
+
 def compare(
-    spec: ModelSpec,
-    session: object,
+    info: KerasModelInfo,
+    session: Any,
     masks: Sequence[MaskSource],
     input_dims: dict[str, int],
     atol: float,
@@ -91,16 +108,16 @@ def compare(
     """Compare the Keras model with an onnxruntime ``session`` of the exported graph on :func:`sample_feeds`.
 
     Raises :class:`ExportError` naming the output, case and difference when a float output differs by
-    more than ``atol`` (scaled up for float16 outputs) or a mask differs anywhere.
+    more than ``atol`` (scaled up for float16 outputs) or a mask or other bool output differs anywhere.
     """
     parity = Parity()
-    inputs = [(s.name, s.length, input_dims.get(s.name, 2)) for s in spec.inputs]
-    names = list(spec.output_names) + [m.output for m in masks]
-    for case, feeds in sample_feeds(inputs, seed):
-        got = dict(zip(names, session.run(names, feeds)))  # type: ignore[attr-defined]
-        want = keras_outputs(spec, feeds)
+    names = list(info.output_names) + [m.output for m in masks]
+    masked = {m.output for m in masks}
+    for case, feeds in sample_feeds(_id_inputs(info, input_dims), seed):
+        got = dict(zip(names, session.run(names, feeds)))
+        want = keras_outputs(info, feeds)
         for mask in masks:
-            want[mask.output] = np.asarray(mask.layer.compute_mask(feeds[mask.input]))
+            want[mask.output] = np.asarray(mask.embedding.layer.compute_mask(feeds[mask.input]))
         parity.cases += 1
         for name in names:
             expected, actual = want[name], got[name]
@@ -110,9 +127,11 @@ def compare(
                 )
             if expected.dtype == bool or actual.dtype == bool:
                 bad = int(np.count_nonzero(expected.astype(bool) != actual))
-                parity.mask_mismatches[name] = parity.mask_mismatches.get(name, 0) + bad
                 if bad:
-                    raise ExportError(f"mask {name!r} differs from Keras at {bad} positions ({case})")
+                    kind = "mask" if name in masked else "output"
+                    raise ExportError(f"{kind} {name!r} differs from Keras at {bad} positions ({case})")
+                if name not in masked:
+                    parity.max_abs_diff[name] = 0.0
                 continue
             delta = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
             delta[np.isnan(actual) & np.isnan(expected)] = 0.0  # NaN where Keras has NaN too
@@ -124,4 +143,26 @@ def compare(
                     f"output {name!r} differs from Keras by {diff:.3g} > tolerance {limit:g} ({case}); "
                     "the graph was not written"
                 )
+    parity.equal_masks = [m.output for m in masks]  # each compared in every case; a difference raised
     return parity
+
+
+def check_rewrite(
+    raw: onnx.ModelProto, rewritten: Any, info: KerasModelInfo, input_dims: dict[str, int], seed: int
+) -> float:
+    """Run the raw tf2onnx graph and an onnxruntime session of the rewritten one on :func:`sample_feeds`;
+    returns their largest difference, which must be 0: the rewrite passes only remove redundant work and
+    rename things. Raises :class:`ExportError` otherwise (a bug of the exporter)."""
+    before = cpu_session(raw)
+    names = list(info.output_names)
+    worst = 0.0
+    for _, feeds in sample_feeds(_id_inputs(info, input_dims), seed):
+        for a, b in zip(before.run(names, feeds), rewritten.run(names, feeds)):
+            worst = max(
+                worst, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+            )
+    if worst != 0.0:
+        raise ExportError(
+            f"the ONNX rewrite changed outputs by up to {worst:.3g}; this is a bug, please report it"
+        )
+    return worst

@@ -1,22 +1,29 @@
-"""Reference Keras Embedding models, each with a seeded build-and-train script and committed artifacts.
+"""Reference Keras Embedding models, each declared in its folder and trained by one generic trainer.
 
-Every model lives in ``models/<name>/``: ``train.py`` (``build_and_train(flavour, seed)`` and ``main()``),
-``model.onnx`` (exported with :func:`exporters.export_keras`) and ``golden.npz`` (inputs, Keras outputs
-and masks). ``python -m models.build`` regenerates all artifacts. The artifacts need no TensorFlow to
-read; training and exporting need the ``export`` extra.
+Every model lives in ``models/<name>/``: ``__init__.py`` (its :class:`ModelInfo` ``INFO``, no TensorFlow),
+``train.py`` (its declaration: the layers in ``build(flavour, seed)``, the training data and its sizes, the
+``compile``/``fit`` arguments and the golden-input recipe, tied up in ``RECIPE``, a
+:class:`models._common.Recipe`; ``build_and_train`` and ``golden_inputs`` come from it), and the committed
+artifacts ``model.onnx`` (exported with :func:`exporters.export_keras`) and ``golden.npz`` (inputs, Keras
+outputs and masks). ``models/_common.py`` is the generic trainer: seeding, fit, golden inputs, export and
+record. ``python -m models.<name>.train`` or ``python -m models.build`` regenerates the artifacts; reading
+them needs no TensorFlow, training and exporting need the ``export`` extra.
 
-:data:`REFERENCE_MODELS` describes each model without importing TensorFlow.
+:data:`NAMES` and :func:`info` describe each model without importing TensorFlow.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 MODELS_DIR = Path(__file__).resolve().parent
+"""``models/``: one folder per reference model."""
+
+FLAVOURS = ("keras3", "tf_keras")
+"""The two Keras flavours a model can be built in: Keras 3 (TF backend) and tf-keras (Keras 2)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class ModelInfo:
     inputs: tuple[InputInfo, ...]
     outputs: tuple[str, ...]
     masks: tuple[str, ...] = ()
-    flavours: tuple[str, ...] = ("keras3", "tf_keras")
+    flavours: tuple[str, ...] = FLAVOURS
     committed_flavour: str = "keras3"
     atol: float = 1e-5
     atol_reason: str = ""
@@ -72,8 +79,9 @@ class ModelInfo:
         """True when some input has a dynamic sequence length."""
         return any(i.length is None for i in self.inputs)
 
-    def train_module(self) -> Any:
-        """``models.<name>.train`` (imports TensorFlow)."""
+    def train_module(self) -> ModuleType:
+        """``models.<name>.train``, with ``build_and_train(flavour, seed)`` and ``golden_inputs(seed)``
+        (training imports TensorFlow)."""
         return importlib.import_module(f"models.{self.name}.train")
 
 
@@ -85,35 +93,10 @@ def info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` of reference model ``name`` (``INFO`` in ``models/<name>/__init__.py``)."""
     if name not in NAMES:
         raise KeyError(f"no reference model {name!r}; known: {', '.join(NAMES)}")
-    return importlib.import_module(f"models.{name}").INFO
+    model_info: ModelInfo = importlib.import_module(f"models.{name}").INFO
+    return model_info
 
 
 def all_models() -> list[ModelInfo]:
     """Every reference model's :class:`ModelInfo`."""
     return [info(name) for name in NAMES]
-
-
-@functools.cache
-def trained(name: str, flavour: str = "keras3", seed: int = 0) -> Any:
-    """``build_and_train(flavour, seed)`` of model ``name``, cached per process so that test modules
-    share one training run."""
-    return info(name).train_module().build_and_train(flavour=flavour, seed=seed)
-
-
-@functools.cache
-def exported(name: str, flavour: str = "keras3", seed: int = 0) -> tuple[Path, Any]:
-    """Export ``trained(name, flavour, seed)`` once per process to a temporary folder.
-
-    Returns ``(onnx path, ExportReport)``; tests share it so that each model is exported once per flavour.
-    """
-    import atexit
-    import shutil
-    import tempfile
-
-    from exporters import export_keras
-
-    folder = Path(tempfile.mkdtemp(prefix=f"embed-{name}-{flavour}-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    path = folder / "model.onnx"
-    report = export_keras(trained(name, flavour, seed), path)
-    return path, report

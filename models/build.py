@@ -1,7 +1,8 @@
 """Regenerate every reference model's committed artifacts: ``python -m models.build [name ...]``.
 
-Trains each model (its committed flavour), exports ``models/<name>/model.onnx`` with
-:func:`exporters.export_keras` and writes ``models/<name>/golden.npz``. Needs the ``export`` extra.
+Runs each model's ``python -m models.<name>.train``: trains its committed flavour, exports
+``models/<name>/model.onnx`` with :func:`exporters.export_keras` and writes ``models/<name>/golden.npz``.
+Needs the ``export`` extra.
 """
 
 from __future__ import annotations
@@ -9,23 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from models import NAMES, info
-from models._common import export_and_record
+
+if TYPE_CHECKING:
+    from exporters import ExportReport
 
 
-def build(names: list[str] | None = None) -> list[tuple[str, object]]:
+def build(names: list[str] | None = None) -> list[tuple[str, ExportReport]]:
     """Regenerate the artifacts of ``names`` (all when ``None``); returns ``(name, ExportReport)`` pairs."""
     done = []
     for name in names or list(NAMES):
         start = time.perf_counter()
-        spec = info(name)
-        module = spec.train_module()
-        model = module.build_and_train(spec.committed_flavour)
-        report = export_and_record(
-            name, model, [i.name for i in spec.inputs], spec.outputs, module.golden_inputs()
-        )
-        print(report)
+        report = info(name).train_module().RECIPE.main()
         print(f"  {name}: {time.perf_counter() - start:.1f} s in all\n", flush=True)
         done.append((name, report))
     return done

@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ print(json.dumps({
 """
 
 
-def _median_us(fn, reps: int) -> float:
+def _median_us(fn: Callable[[], object], reps: int) -> float:
     fn()
     times = []
     for _ in range(reps):

@@ -1,4 +1,5 @@
-"""Smoke tests of ``embed-runtime bench``: it runs on a tiny model and prints the expected rows.
+"""``embed-runtime bench``: it runs on a tiny model and prints the expected rows; the table behind
+``np.take`` is read through the model; errors are one line with exit status 1.
 
 No timing is asserted: only that every contender is measured and reported.
 """
@@ -18,20 +19,23 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from embed_runtime import bench  # noqa: E402
+from embed_runtime import Runtime, RuntimeOptions, bench, cli, load, timing  # noqa: E402
 from embed_runtime.contract import EmbeddingInfo, ModelMetadata  # noqa: E402
 
 ROWS, DIM = 100, 8
 TINY = ["--quick", "--budget", "0.002", "--rounds", "2", "--min-samples", "2", "--shapes", "1x4", "3x5"]
 EXPECTED_ROWS = (
-    bench.RT_RUN,
-    bench.RT_NO_BINDING,
-    bench.RT_OUT,
-    bench.ORT_RUN,
-    bench.VALIDATION,
-    bench.NP_TAKE,
-    bench.FLOOR,
+    timing.RT_RUN,
+    timing.RT_NO_BINDING,
+    timing.RT_OUT,
+    timing.ORT_RUN,
+    timing.VALIDATION,
+    timing.NP_TAKE,
+    timing.FLOOR,
 )
+
+
+TABLE = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
 
 
 def _save(
@@ -41,14 +45,13 @@ def _save(
     mask: bool,
     seq: str | int = "sequence",
 ) -> Path:
-    table = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
     graph = helper.make_graph(
         nodes,
         "tiny",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])],
         outputs,
         [
-            numpy_helper.from_array(table, "embedding.embeddings"),
+            numpy_helper.from_array(TABLE, "embedding.embeddings"),
             numpy_helper.from_array(np.array(0), "zero"),
         ],
     )
@@ -84,23 +87,42 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save(tmp_path_factory.mktemp("bench") / "tiny.onnx", nodes, outputs, mask=True)
 
 
+def _after_lookup(
+    path: Path, *nodes: onnx.NodeProto, shape: tuple[str | int, ...] = ("batch", "sequence", DIM)
+) -> Path:
+    """``Gather(table, input_ids)`` as ``looked_up``, then ``nodes`` computing the output ``embedding``."""
+    lookup = helper.make_node("Gather", ["embedding.embeddings", "input_ids"], ["looked_up"])
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, list(shape))]
+    return _save(path, [lookup, *nodes], outputs, mask=False)
+
+
 @pytest.fixture(scope="module")
 def scaled_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lookup followed by a Mul: not a bare lookup, so ``np.take`` must be skipped."""
-    nodes = [
-        helper.make_node("Gather", ["embedding.embeddings", "input_ids"], ["looked_up"]),
-        helper.make_node("Add", ["looked_up", "looked_up"], ["embedding"]),
-    ]
-    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", "sequence", DIM])]
-    return _save(tmp_path_factory.mktemp("bench") / "scaled.onnx", nodes, outputs, mask=False)
+    """``table[ids] + table[ids]``: still one row per id, of the table ``2 * TABLE``."""
+    add = helper.make_node("Add", ["looked_up", "looked_up"], ["embedding"])
+    return _after_lookup(tmp_path_factory.mktemp("bench") / "scaled.onnx", add)
+
+
+@pytest.fixture(scope="module")
+def running_sum_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cumulative sum of the looked-up rows along the sequence: each row depends on the ids before it,
+    so no table reproduces it and ``np.take`` must be skipped."""
+    axis = helper.make_node("Constant", [], ["axis"], value=numpy_helper.from_array(np.array(1)))
+    cumsum = helper.make_node("CumSum", ["looked_up", "axis"], ["embedding"])
+    return _after_lookup(tmp_path_factory.mktemp("bench") / "cumsum.onnx", axis, cumsum)
+
+
+def _fixed(path: Path, length: int) -> Path:
+    """A bare lookup whose sequence length is fixed (like ``input_length=length``)."""
+    nodes = [helper.make_node("Gather", ["embedding.embeddings", "input_ids"], ["embedding"])]
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", length, DIM])]
+    return _save(path, nodes, outputs, mask=False, seq=length)
 
 
 @pytest.fixture(scope="module")
 def fixed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bare lookup whose sequence length is fixed at 5 (like ``input_length=5``)."""
-    nodes = [helper.make_node("Gather", ["embedding.embeddings", "input_ids"], ["embedding"])]
-    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 5, DIM])]
-    return _save(tmp_path_factory.mktemp("bench") / "fixed.onnx", nodes, outputs, mask=False, seq=5)
+    """A bare lookup whose sequence length is fixed at 5."""
+    return _fixed(tmp_path_factory.mktemp("bench") / "fixed.onnx", 5)
 
 
 def _args(model: Path, extra: list[str]) -> argparse.Namespace:
@@ -134,40 +156,65 @@ def test_bench_writes_json(tiny_model: Path, tmp_path: Path) -> None:
         assert all(s["min"] <= s["median"] <= s["max"] and s["samples"] >= 2 for s in stats.values())
 
 
-def test_np_take_is_skipped_when_the_model_is_not_a_bare_lookup(
-    scaled_model: Path, capsys: pytest.CaptureFixture[str]
+def test_np_take_is_skipped_when_no_table_reproduces_the_output(
+    running_sum_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench.main(_args(scaled_model, TINY)) == 0
+    assert bench.main(_args(running_sum_model, TINY)) == 0
     text = capsys.readouterr().out
-    assert "np.take skipped" in text
-    assert f"| {bench.NP_TAKE} |" not in text
+    assert "np.take skipped: it does not reproduce the model's output" in text
+    assert f"| {timing.NP_TAKE} |" not in text
 
 
-def test_lookup_table_reads_the_initializer_back(tiny_model: Path) -> None:
-    table = bench.lookup_table(tiny_model, "embedding")
-    expected = numpy_helper.to_array(onnx.load(str(tiny_model)).graph.initializer[0])
-    assert table is not None
-    np.testing.assert_array_equal(table, expected)
+def test_np_take_times_any_per_id_output(scaled_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``table[ids] + table[ids]`` is ``np.take(2 * table, ids)``: a fair numpy baseline, so it is timed."""
+    assert bench.main(_args(scaled_model, TINY)) == 0
+    sections = _sections(capsys.readouterr().out)
+    assert all(f"| {timing.NP_TAKE} |" in section for section in sections.values())
 
 
-def test_lookup_table_of_a_float_data_initializer(tmp_path: Path) -> None:
-    table = np.arange(12, dtype=np.float32).reshape(4, 3)
-    init = helper.make_tensor("t", TensorProto.FLOAT, [4, 3], table.ravel().tolist())  # float_data
+def _plain(path: Path) -> Runtime:
+    return load(path, providers="cpu", options=RuntimeOptions(io_binding=False))
+
+
+def test_lookup_table_reads_the_initializer_back(tiny_model: Path, scaled_model: Path) -> None:
+    np.testing.assert_array_equal(bench.lookup_table(_plain(tiny_model)), TABLE)
+    np.testing.assert_array_equal(bench.lookup_table(_plain(scaled_model)), 2 * TABLE)
+
+
+@pytest.mark.parametrize("length", [5, 7, ROWS, ROWS + 3])
+def test_lookup_table_of_a_fixed_length_pads_and_cuts_back(tmp_path: Path, length: int) -> None:
+    """100 ids in rows of 5 fit; in rows of 7 the last row is padded; longer than the table, one row."""
+    rt = _plain(_fixed(tmp_path / f"fixed{length}.onnx", length))
+    np.testing.assert_array_equal(bench.lookup_table(rt), TABLE)
+
+
+def test_lookup_table_is_capped(tiny_model: Path) -> None:
+    rt = _plain(tiny_model)
+    assert bench.lookup_table(rt, max_bytes=TABLE.nbytes).shape == TABLE.shape
+    with pytest.raises(bench.NoTable, match=r"100 rows.* over the"):
+        bench.lookup_table(rt, max_bytes=TABLE.nbytes - 1)
+    assert bench.TABLE_BYTES_CAP == 256 * 2**20  # the cap the module documents
+
+
+def test_lookup_table_needs_one_row_per_id(tmp_path: Path) -> None:
+    mean = helper.make_node("ReduceMean", ["looked_up"], ["embedding"], axes=[1], keepdims=0)
+    rt = _plain(_after_lookup(tmp_path / "mean.onnx", mean, shape=("batch", DIM)))
+    with pytest.raises(bench.NoTable, match="not one row per id"):
+        bench.lookup_table(rt)
+
+
+def test_lookup_table_needs_the_id_range(tmp_path: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("Gather", ["t", "ids"], ["out"])],
-        "g",
+        "foreign",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "s", 3])],
-        [init],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "s", DIM])],
+        [numpy_helper.from_array(TABLE, "t")],
     )
-    path = tmp_path / "float_data.onnx"
-    onnx.save(helper.make_model(graph), path)
-    np.testing.assert_array_equal(bench.lookup_table(path, "out"), table)
-    assert bench.lookup_table(path, "other") is None
-
-
-def test_lookup_table_is_none_for_a_computed_output(scaled_model: Path) -> None:
-    assert bench.lookup_table(scaled_model, "embedding") is None
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(bench.NoTable, match=r"no id range \(input_dim\) for its input 'ids'"):
+        bench.lookup_table(_plain(path))
 
 
 def test_default_shapes_follow_a_fixed_length(fixed_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -197,7 +244,7 @@ def test_module_entry_point(tiny_model: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "## 1x4" in proc.stdout and f"| {bench.RT_RUN} |" in proc.stdout
+    assert "## 1x4" in proc.stdout and f"| {timing.RT_RUN} |" in proc.stdout
 
 
 CLI = Path(sys.executable).with_name("embed-runtime")
@@ -215,4 +262,41 @@ def test_cli_bench_subcommand(tiny_model: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "## 3x5" in proc.stdout and f"| {bench.FLOOR} |" in proc.stdout
+    assert "## 3x5" in proc.stdout and f"| {timing.FLOOR} |" in proc.stdout
+
+
+def test_cli_bench_drops_a_repeated_provider(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--providers cpu,cpu`` is split and means ``cpu``, as for ``run`` and ``info``."""
+    assert cli.main(["bench", str(tiny_model), "--providers", "cpu,cpu", *TINY]) == 0
+    assert "providers CPUExecutionProvider, threads" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["missing.onnx"], "model file not found: missing.onnx"),
+        (["MODEL", "--providers", "nope"], "execution provider 'nope' was requested but is not available"),
+    ],
+)
+def test_cli_bench_errors_are_one_line(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    argv = [str(tiny_model) if a == "MODEL" else a for a in argv]
+    assert cli.main(["bench", *argv, *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("embed-runtime bench: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_module_entry_point_error_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "embed_runtime.bench", str(tmp_path / "none.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.startswith("embed-runtime bench: error: model file not found")
+        and proc.stderr.count("\n") == 1
+    )

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:  # `models` is a folder of the repository, not an 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import models  # noqa: E402
+from tests.reference import exported, trained  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -81,8 +82,8 @@ def regenerated(request: pytest.FixtureRequest) -> tuple[models.ModelInfo, Any, 
     import tf2onnx  # noqa: F401
 
     info = models.info(request.param)
-    path, _ = models.exported(info.name, info.committed_flavour)
-    return info, models.trained(info.name, info.committed_flavour), path
+    path, _ = exported(info.name, info.committed_flavour)
+    return info, trained(info.name, info.committed_flavour), path
 
 
 def test_committed_files_exist() -> None:

@@ -209,7 +209,7 @@ def test_stand_in_row_count_left_in_the_graph_is_refused():
     from onnx import TensorProto, helper, numpy_helper
 
     class Emb:
-        name, shape, dtype = "t", (100000, 4), "float32"
+        name, shape, dtype, onnx_name = "t", (100000, 4), "float32", "t.embeddings"
 
     sub = large.StandIn(Emb(), "_embeddings", None, rows=7919)  # type: ignore[arg-type]
     table = numpy_helper.from_array(np.zeros((7919, 4), np.float32), "t.embeddings")

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `import models` under plain `pytest` as well as `python -m pytest`
+if str(ROOT) not in sys.path:  # `import models, tests.reference` under plain `pytest` too
     sys.path.insert(0, str(ROOT))
 
 
@@ -27,11 +27,12 @@ class Exported:
     def __init__(self, name: str, flavour: str) -> None:
         import models
         from embed_runtime import load
+        from tests.reference import exported, trained
 
         self.info = models.info(name)
         self.flavour = flavour
-        self.model = models.trained(name, flavour)
-        self.path, self.report = models.exported(name, flavour)
+        self.model = trained(name, flavour)
+        self.path, self.report = exported(name, flavour)
         self.runtime = load(self.path, providers="cpu")
 
     def keras(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

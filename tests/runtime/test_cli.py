@@ -1,14 +1,17 @@
-"""The ``embed-runtime`` command line."""
+"""The ``embed-runtime`` command line and its shared plumbing (:mod:`embed_runtime.cli_common`)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from embed_runtime import cli
+from embed_runtime import EmbedRuntimeError, cli
+from embed_runtime.cli_common import parse_providers, run_command
 
 from .conftest import Built
 
@@ -94,6 +97,52 @@ def test_run_inline_and_files(
 def test_run_errors(capsys: pytest.CaptureFixture[str], single: Built, argv: list[str], message: str) -> None:
     code, _, err = run(capsys, "run", str(single.path), *argv)
     assert code == 1 and message in err and "Traceback" not in err
+    assert err.startswith("embed-runtime run: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("auto", "auto"),
+        (" AUTO ", "auto"),
+        ("cuda, cpu", ["cuda", "cpu"]),
+        ("cpu,,CPU, cuda,cpu", ["cpu", "cuda"]),
+        (",", []),
+    ],
+)
+def test_parse_providers(text: str, expected: str | list[str]) -> None:
+    assert parse_providers(text) == expected
+
+
+def test_a_repeated_provider_is_used_once(capsys: pytest.CaptureFixture[str], single: Built) -> None:
+    """``cpu,cpu`` means ``cpu``: onnxruntime is not handed the duplicate (it would warn about it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, _ = run(capsys, "info", str(single.path), "--providers", "cpu,cpu")
+    assert code == 0 and "providers in use: CPUExecutionProvider\n" in out
+    assert not [w for w in caught if "Duplicate provider" in str(w.message)]
+
+
+def test_threads(capsys: pytest.CaptureFixture[str], single: Built) -> None:
+    assert run(capsys, "run", str(single.path), "--ids", "[[1]]", "--threads", "0")[0] == 0
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["run", str(single.path), "--ids", "[[1]]", "--threads", bad])
+        assert info.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_run_command_prints_one_line_for_expected_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    def fails(args: argparse.Namespace) -> int:
+        raise EmbedRuntimeError("first line\n  second line")
+
+    assert run_command("embed-runtime x", fails, argparse.Namespace()) == 1
+    assert capsys.readouterr().err == "embed-runtime x: error: first line second line\n"
+
+    def bug(args: argparse.Namespace) -> int:
+        raise KeyError("a bug keeps its traceback")
+
+    with pytest.raises(KeyError):
+        run_command("embed-runtime x", bug, argparse.Namespace())
 
 
 def test_bad_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -44,13 +44,15 @@ def test_golden(folder: Path) -> None:
     compare(rt.run(feeds, out=targets, outputs=list(outputs)), outputs)
     chunks = list(rt.run_batched(inputs, batch_size=4, progress=False))
     compare({n: np.concatenate([c[n] for c in chunks]) for n in outputs}, outputs)
-    for spec in rt.inputs:  # every id input is range-checked with the recorded input_dim
-        assert spec.input_dim is not None
+    for graph_input in rt.inputs:  # every id input is range-checked with the recorded input_dim
+        assert graph_input.input_dim is not None
         bad = {k: v.copy() for k, v in inputs.items()}
-        bad[spec.name][-1, 0] = spec.input_dim
-        with pytest.raises(InvalidInputError, match=rf"'{spec.name}': id {spec.input_dim} at position"):
+        bad[graph_input.name][-1, 0] = graph_input.input_dim
+        with pytest.raises(
+            InvalidInputError, match=rf"'{graph_input.name}': id {graph_input.input_dim} at position"
+        ):
             rt.run(bad)
-        bad[spec.name][-1, 0] = -1
+        bad[graph_input.name][-1, 0] = -1
         with pytest.raises(InvalidInputError, match="id -1"):
             rt.run(bad)
     result = rt.run(feeds)

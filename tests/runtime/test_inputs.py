@@ -138,7 +138,7 @@ def test_empty_batch(rt: embed_runtime.Runtime) -> None:
 def test_empty_fallback_without_onnxruntime(
     rt: embed_runtime.Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If onnxruntime refuses a zero-size batch, shapes come from the output specs."""
+    """If onnxruntime refuses a zero-size batch, shapes come from the output descriptions."""
 
     class Refusing:
         def run(self, *args: object) -> None:

@@ -1,5 +1,5 @@
-"""Malformed metadata, padding where id 0 is a real token, option values and unwritable outputs: each is
-a clear error, never a silent wrong answer."""
+"""Malformed metadata, padding where id 0 is a real token, option and batch size values, unwritable outputs:
+each is a clear error, never a silent wrong answer."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 import embed_runtime
-from embed_runtime import InvalidInputError, ModelLoadError, RuntimeOptions
+from embed_runtime import ConfigurationError, InvalidInputError, ModelLoadError, RuntimeOptions
 from embed_runtime.contract import KEY_EMBEDDINGS
 
 from .conftest import Built
@@ -97,13 +97,29 @@ def test_short_rows_for_a_fixed_length_without_mask(tmp_path: Path) -> None:
     ],
 )
 def test_option_values_are_checked(options: dict[str, object], pattern: str) -> None:
-    with pytest.raises(InvalidInputError, match=pattern):
+    """A bad setting is a ConfigurationError, not the id/shape error the server answers with HTTP 400."""
+    with pytest.raises(ConfigurationError, match=pattern) as info:
         RuntimeOptions(**options)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError) and not isinstance(info.value, InvalidInputError)
 
 
 def test_threads_argument_is_checked(single: Built) -> None:
-    with pytest.raises(InvalidInputError, match="intra_op_threads"):
+    with pytest.raises(ConfigurationError, match="intra_op_threads"):
         embed_runtime.load(single.path, providers="cpu", threads=-1)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 1.5, True, "8", None])
+def test_batch_size_must_be_a_positive_integer(single: Built, batch_size: object) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu")
+    with pytest.raises(ConfigurationError, match=r"batch_size must be an integer >= 1 .*got ") as info:
+        list(rt.run_batched(np.ones((4, 2), np.int64), batch_size=batch_size, progress=False))  # type: ignore[arg-type]
+    assert not isinstance(info.value, InvalidInputError)
+
+
+def test_numpy_integer_batch_size(single: Built) -> None:
+    rt = embed_runtime.load(single.path, providers="cpu")
+    chunks = list(rt.run_batched(np.ones((5, 2), np.int64), batch_size=np.int64(2), progress=False))  # type: ignore[arg-type]
+    assert [c["mask"].shape[0] for c in chunks] == [2, 2, 1]
 
 
 def test_cli_unwritable_output_is_a_clean_error(single: Built, tmp_path: Path) -> None:

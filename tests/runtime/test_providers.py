@@ -1,10 +1,13 @@
-"""Loading safety, metadata, specs and execution-provider selection (tested on the CPU)."""
+"""Loading safety, metadata, tensor descriptions, session options and execution-provider selection
+(tested on the CPU; plugin execution providers are simulated)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import onnx
@@ -13,12 +16,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import embed_runtime
-from embed_runtime import ModelLoadError, ProviderError, RuntimeOptions, session
+from embed_runtime import ModelLoadError, ProviderError, RuntimeOptions, contract, options, providers, tensors
+from embed_runtime.contract import mask_output_name
 
 from .conftest import DIM, VOCAB, Built
 
 
-def test_specs_and_metadata(single: Built) -> None:
+def test_tensor_infos_and_metadata(single: Built) -> None:
     rt = embed_runtime.load(single.path)
     (inp,) = rt.inputs
     assert (inp.name, inp.dtype, inp.shape, inp.input_dim, inp.input_length) == (
@@ -65,9 +69,23 @@ def test_version_and_exports() -> None:
         "ModelLoadError",
         "ProviderError",
         "InferenceError",
+        "ConfigurationError",
     ):
-        assert issubclass(getattr(embed_runtime, name), Exception)
+        assert issubclass(getattr(embed_runtime, name), embed_runtime.EmbedRuntimeError)
     assert "CPUExecutionProvider" in embed_runtime.available_providers()
+
+
+def test_tensor_spec_is_the_old_name_of_tensor_info(single: Built) -> None:
+    assert embed_runtime.TensorSpec is embed_runtime.TensorInfo
+    rt = embed_runtime.load(single.path, providers="cpu")
+    assert all(isinstance(t, embed_runtime.TensorInfo) for t in [*rt.inputs, *rt.outputs])
+
+
+def test_contract_docstring_names_every_mask_output() -> None:
+    """One layer with mask_zero shared by two inputs gets ``<layer>_<input>_mask``: the docstring says so."""
+    assert mask_output_name("emb", "query", [("emb", "query"), ("emb", "doc")]) == "emb_query_mask"
+    for pattern in ("``mask``", "``<layer name>_mask``", "``<layer>_<input>_mask``"):
+        assert pattern in (contract.__doc__ or ""), pattern
 
 
 def test_missing_directory_and_garbage(tmp_path: Path) -> None:
@@ -163,21 +181,21 @@ def test_auto_chooses_and_logs(single: Built, caplog: pytest.LogCaptureFixture) 
 
 def test_auto_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        session,
+        providers,
         "available_providers",
         lambda: ["DmlExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
     )
-    assert session.resolve_providers("auto") == (["CUDAExecutionProvider", "CPUExecutionProvider"], True)
+    assert providers.resolve_providers("auto") == (["CUDAExecutionProvider", "CPUExecutionProvider"], True)
     monkeypatch.setattr(
-        session, "available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"]
+        providers, "available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"]
     )
-    assert session.resolve_providers("auto") == (["CPUExecutionProvider"], True)
+    assert providers.resolve_providers("auto") == (["CPUExecutionProvider"], True)
     monkeypatch.setattr(
-        session,
+        providers,
         "available_providers",
         lambda: ["OpenVINOExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"],
     )
-    assert session.resolve_providers("AUTO")[0][0] == "TensorrtExecutionProvider"
+    assert providers.resolve_providers("AUTO")[0][0] == "TensorrtExecutionProvider"
 
 
 def test_auto_warns_on_fallback(
@@ -185,7 +203,7 @@ def test_auto_warns_on_fallback(
 ) -> None:
     """onnxruntime may drop a provider it cannot initialise; "auto" then warns instead of failing."""
     monkeypatch.setattr(
-        session, "resolve_providers", lambda p: (["CUDAExecutionProvider", "CPUExecutionProvider"], True)
+        providers, "resolve_providers", lambda p: (["CUDAExecutionProvider", "CPUExecutionProvider"], True)
     )
     real = ort.InferenceSession
 
@@ -200,8 +218,8 @@ def test_auto_warns_on_fallback(
 
 
 def test_explicit_providers(single: Built, monkeypatch: pytest.MonkeyPatch) -> None:
-    for spec in ("cpu", "CPU", ["CPUExecutionProvider"], [("CPUExecutionProvider", {})]):
-        assert embed_runtime.load(single.path, providers=spec).providers == ["CPUExecutionProvider"]
+    for request in ("cpu", "CPU", ["CPUExecutionProvider"], [("CPUExecutionProvider", {})]):
+        assert embed_runtime.load(single.path, providers=request).providers == ["CPUExecutionProvider"]
     with pytest.raises(
         ProviderError, match=r"'CUDAExecutionProvider' was requested but is not available.*available: "
     ):
@@ -212,7 +230,7 @@ def test_explicit_providers(single: Built, monkeypatch: pytest.MonkeyPatch) -> N
         embed_runtime.load(single.path, providers=[])
     # available but dropped by onnxruntime at session creation: explicit requests fail loudly
     monkeypatch.setattr(
-        session, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     real = ort.InferenceSession
     monkeypatch.setattr(
@@ -229,60 +247,83 @@ def test_explicit_providers(single: Built, monkeypatch: pytest.MonkeyPatch) -> N
         embed_runtime.load(single.path, providers="cuda")
 
 
-def test_webgpu_plugin_path(single: Built, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The plugin EP is registered once and added through its device (simulated: no GPU here)."""
+def fake_plugin(
+    monkeypatch: pytest.MonkeyPatch, module: str, ep_name: str, devices: list[SimpleNamespace]
+) -> list[object]:
+    """Install a fake plugin package ``module`` whose EP is ``ep_name`` with these devices, and fake the
+    onnxruntime calls that register it and add its devices; returns the list those calls are logged in."""
     calls: list[object] = []
-
-    class Plugin:
-        @staticmethod
-        def get_ep_name() -> str:
-            return "WebGpuExecutionProvider"
-
-        @staticmethod
-        def get_library_path() -> str:
-            return "/nonexistent/libwebgpu.so"
-
-    class Device:
-        ep_name = "WebGpuExecutionProvider"
-
-    monkeypatch.setattr(session, "_webgpu_plugin", lambda: Plugin)
-    monkeypatch.setattr(session, "_plugin_registered", False)
+    package = ModuleType(module)
+    package.get_ep_name = lambda: ep_name  # type: ignore[attr-defined]
+    package.get_library_path = lambda: f"/nonexistent/lib{module}.so"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module, package)
+    monkeypatch.setattr(providers, "_registered", set())
     monkeypatch.setattr(
         ort, "register_execution_provider_library", lambda name, path: calls.append((name, path))
     )
-    monkeypatch.setattr(ort, "get_ep_devices", lambda: [Device()])
-    assert embed_runtime.available_providers()[0] == "WebGpuExecutionProvider"
-    assert session.resolve_providers("auto")[0] == ["WebGpuExecutionProvider", "CPUExecutionProvider"]
-    assert session.canonical_name("webgpu") == "WebGpuExecutionProvider"
-    real_options = ort.SessionOptions
+    monkeypatch.setattr(ort, "get_ep_devices", lambda: devices)
 
-    class Options(real_options):  # type: ignore[misc, valid-type]
-        def add_provider_for_devices(self, devices: list[object], opts: dict[str, str]) -> None:
-            calls.append(("devices", len(devices)))
+    class Options(ort.SessionOptions):  # type: ignore[misc]
+        def add_provider_for_devices(self, chosen: list[SimpleNamespace], opts: dict[str, str]) -> None:
+            calls.append(("devices", [d.vendor for d in chosen]))
 
     monkeypatch.setattr(ort, "SessionOptions", Options)
+    return calls
+
+
+def test_webgpu_plugin_path(single: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin EP is registered once and added through its device (simulated: no GPU here)."""
+    devices = [SimpleNamespace(ep_name="WebGpuExecutionProvider", vendor="gpu")]
+    calls = fake_plugin(monkeypatch, "onnxruntime_ep_webgpu", "WebGpuExecutionProvider", devices)
+    assert embed_runtime.available_providers()[0] == "WebGpuExecutionProvider"
+    assert providers.resolve_providers("auto")[0] == ["WebGpuExecutionProvider", "CPUExecutionProvider"]
+    assert providers.canonical_name("webgpu") == "WebGpuExecutionProvider"
     with pytest.raises(
         ProviderError, match=r"requested providers \['WebGpuExecutionProvider'\] but onnxruntime is using"
     ):
         embed_runtime.load(single.path, providers="webgpu")  # the fake device adds nothing: CPU only
-    assert calls == [("webgpu", "/nonexistent/libwebgpu.so"), ("devices", 1)]
-    monkeypatch.setattr(ort, "get_ep_devices", lambda: [])
-    with pytest.raises(ProviderError, match="found no device"):
+    assert calls == [("webgpu", "/nonexistent/libonnxruntime_ep_webgpu.so"), ("devices", ["gpu"])]
+    devices.clear()
+    with pytest.raises(ProviderError, match="WebGpuExecutionProvider is installed but found no device"):
         embed_runtime.load(single.path, providers="webgpu")
+    assert len(calls) == 2  # registered once per process, not once per session
+
+
+def test_a_second_plugin_is_one_more_row(single: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin EP whose real name differs from its stand-in name, with a device filter: table rows only."""
+    devices = [SimpleNamespace(ep_name="FakeEp", vendor=v) for v in ("first", "second")]
+    calls = fake_plugin(monkeypatch, "onnxruntime_ep_fake", "FakeEp", devices)
+    row = providers.PluginEP(
+        provider="FakeExecutionProvider",
+        module="onnxruntime_ep_fake",
+        registration_name="fake",
+        device_filter=lambda device: device.vendor == "second",
+    )
+    monkeypatch.setattr(providers, "PLUGIN_EPS", (*providers.PLUGIN_EPS, row))
+    monkeypatch.setitem(providers.ALIASES, "fake", "FakeExecutionProvider")
+    assert embed_runtime.available_providers()[0] == "FakeEp"
+    assert providers.canonical_name("fake") == providers.canonical_name("FakeExecutionProvider") == "FakeEp"
+    assert providers.resolve_providers(["fake", "cpu"]) == (["FakeEp", "CPUExecutionProvider"], False)
+    assert providers.resolve_providers("auto")[0] == ["CPUExecutionProvider"]  # not in AUTO_ORDER
+    with pytest.raises(ProviderError, match=r"requested providers \['FakeEp'\] but onnxruntime is using"):
+        embed_runtime.load(single.path, providers="fake")
+    assert calls == [("fake", "/nonexistent/libonnxruntime_ep_fake.so"), ("devices", ["second"])]
+    monkeypatch.delitem(sys.modules, "onnxruntime_ep_fake")
+    monkeypatch.setattr(providers, "PLUGIN_EPS", (row,))  # the row stays, the package is gone
+    with pytest.raises(ProviderError, match="'FakeExecutionProvider' was requested but is not available"):
+        embed_runtime.load(single.path, providers="fake")
 
 
 def test_threads_and_options(single: Built) -> None:
     rt = embed_runtime.load(single.path, threads=1)
     assert rt.options.intra_op_threads == 1 and not rt.options.allow_spinning
-    so = session.session_options(RuntimeOptions(intra_op_threads=2, inter_op_threads=1, allow_spinning=True))
+    so = options.session_options(RuntimeOptions(intra_op_threads=2, inter_op_threads=1, allow_spinning=True))
     assert so.intra_op_num_threads == 2 and so.inter_op_num_threads == 1
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert (
-        session.session_options(RuntimeOptions()).get_session_config_entry("session.intra_op.allow_spinning")
+        options.session_options(RuntimeOptions()).get_session_config_entry("session.intra_op.allow_spinning")
         == "0"
     )
-    with pytest.raises(ValueError, match="graph_optimization_level"):
-        session.session_options(RuntimeOptions(graph_optimization_level="max"))
     assert (
         embed_runtime.load(single.path, options=RuntimeOptions(graph_optimization_level="disable"))
         .run([[1]])["mask"]
@@ -291,8 +332,8 @@ def test_threads_and_options(single: Built) -> None:
 
 
 def test_dtype_map() -> None:
-    assert session.numpy_dtype("tensor(int32)") == np.int32
-    assert session.numpy_dtype("seq(tensor(float))") == np.dtype(object)
+    assert tensors.numpy_dtype("tensor(int32)") == np.int32
+    assert tensors.numpy_dtype("seq(tensor(float))") == np.dtype(object)
 
 
 def test_load_accepts_pathlike_and_str(single: Built) -> None:

@@ -1,0 +1,124 @@
+"""What an export wrote and measured: :class:`ExportReport`, whose ``str`` is the summary ``embed-export``
+prints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from embed_runtime.contract import EmbeddingInfo
+
+from .rewrite import opset_of
+from .verify import Parity
+
+IoRow = tuple[str, str, list[int | str]]
+"""(name, numpy dtype name, dims) of one graph input or output; a dim is a size or an axis name."""
+
+
+@dataclass
+class ExportReport:
+    """What :func:`exporters.export_keras` wrote and measured; ``print(report)`` gives a readable summary."""
+
+    path: Path
+    flavour: str
+    inputs: list[IoRow]
+    outputs: list[IoRow]
+    opset: int
+    ir_version: int
+    node_count: int
+    op_counts: dict[str, int]
+    file_bytes: int
+    seconds: float
+    embeddings: list[EmbeddingInfo]
+    parity: Parity | None
+    rewrite_max_abs_diff: float | None
+    versions: dict[str, str] = field(default_factory=dict)
+    external_data: Path | None = None
+    external_data_bytes: int = 0
+
+    def __str__(self) -> str:
+        def shape(dims: list[int | str]) -> str:
+            return "(" + ", ".join(str(d) for d in dims) + ")"
+
+        lines = [f"exported {self.path} ({self.file_bytes:,} bytes, {self.seconds:.2f} s, {self.flavour})"]
+        if self.external_data is not None:
+            lines.append(
+                f"  tables in {self.external_data.name} ({self.external_data_bytes:,} bytes, mmap-aligned)"
+            )
+        lines += [f"  input  {n}: {t}{shape(d)}" for n, t, d in self.inputs]
+        lines += [f"  output {n}: {t}{shape(d)}" for n, t, d in self.outputs]
+        ops = ", ".join(f"{op} x{c}" if c > 1 else op for op, c in self.op_counts.items())
+        lines.append(f"  opset {self.opset}, IR {self.ir_version}, {self.node_count} nodes: {ops}")
+        for emb in self.embeddings:
+            lines.append(
+                f"  embedding {emb.layer}: {emb.input_dim} x {emb.output_dim} {emb.dtype}, ids from "
+                f"{', '.join(emb.inputs)}" + (f", mask -> {emb.mask_output}" if emb.mask_output else "")
+            )
+        if self.parity is None:
+            lines.append("  parity: not verified (--no-verify)")
+        else:
+            diffs = (
+                ", ".join(f"{k} {v:.2e}" for k, v in self.parity.max_abs_diff.items()) or "no float outputs"
+            )
+            masks = "masks equal" if self.parity.equal_masks else "no masks"
+            lines.append(
+                f"  parity vs Keras over {self.parity.cases} cases: max |onnx - keras| {diffs}; {masks}"
+            )
+        if self.rewrite_max_abs_diff is not None:
+            lines.append(f"  rewrite vs raw tf2onnx graph: max |diff| {self.rewrite_max_abs_diff:.1e}")
+        return "\n".join(lines)
+
+
+def io_rows(values: Iterable[onnx.ValueInfoProto]) -> list[IoRow]:
+    """(name, dtype, dims) of each graph input or output."""
+    rows = []
+    for v in values:
+        t = v.type.tensor_type
+        dims: list[int | str] = [d.dim_param or d.dim_value for d in t.shape.dim]
+        rows.append((v.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims))
+    return rows
+
+
+def op_counts(nodes: Iterable[onnx.NodeProto]) -> dict[str, int]:
+    """How many nodes of each op type, sorted by name."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def make_report(
+    path: Path,
+    flavour: str,
+    graph: onnx.ModelProto,
+    embeddings: list[EmbeddingInfo],
+    checks: tuple[Parity, float] | None,
+    versions: dict[str, str],
+    external_data: Path | None,
+    start: float,
+) -> ExportReport:
+    """The report of the files just written at ``path`` (and ``external_data``) from ``graph``;
+    ``checks`` is (parity, rewrite difference), None when the export was not verified."""
+    parity, rewrite_diff = checks if checks is not None else (None, None)
+    return ExportReport(
+        path=path,
+        flavour=flavour,
+        inputs=io_rows(graph.graph.input),
+        outputs=io_rows(graph.graph.output),
+        opset=opset_of(graph),
+        ir_version=graph.ir_version,
+        node_count=len(graph.graph.node),
+        op_counts=op_counts(graph.graph.node),
+        file_bytes=path.stat().st_size,
+        seconds=time.perf_counter() - start,
+        embeddings=embeddings,
+        parity=parity,
+        rewrite_max_abs_diff=rewrite_diff,
+        versions=versions,
+        external_data=external_data,
+        external_data_bytes=external_data.stat().st_size if external_data is not None else 0,
+    )
