@@ -9,7 +9,7 @@ VENV := .venv
 SLIM := .venv-slim
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test test-full test-slim bench lint clean
+.PHONY: demo test test-full test-slim bench lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: lint test-full test-slim
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.compare
+
+# On a machine with a GPU provider (docs/gpu.md): parity and CPU-vs-GPU timings into $(OUT).
+gpu-check: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/gpu_check.py $(or $(OUT),build/gpu-check)
 
 clean:
 	rm -rf $(VENV) $(SLIM) build .pytest_cache

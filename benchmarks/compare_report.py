@@ -293,7 +293,7 @@ def write_report(results: dict[str, Any], docs: Path) -> str:
     lines += [
         "",
         "Export time of ours includes its parity check against Keras. File bytes include external data "
-        "(our exporter stores big tables beside the graph in `model.onnx.data`).",
+        "(our exporter stores big tables beside the graph in `model.onnx.<content hash>.data`).",
         "",
     ]
     rows = []

@@ -2,7 +2,7 @@
 
 For each table size, one subprocess builds a Keras 3 ``Sequential([Input, Embedding(rows, dim)])`` with a
 cheap ``zeros`` initializer filled in row chunks with a closed-form pattern, then exports it with
-``export_keras`` (default threshold: the table goes to ``<model>.onnx.data``). The export's own peak RSS
+``export_keras`` (default threshold: the table goes to ``<model>.onnx.<content hash>.data``). The export's own peak RSS
 is measured apart from model construction: the kernel's high-water mark (``VmHWM``) is reset through
 ``/proc/self/clear_refs`` just before ``export_keras`` and read right after it (a 20 ms RSS sampler
 cross-checks it). A second subprocess times ``embed_runtime.load`` and reads its RSS before the first
@@ -181,7 +181,7 @@ def child_load(path: Path, rows: int, dim: int, advise: bool) -> dict[str, Any]:
     runtime = embed_runtime.load(path, providers="cpu")
     result["load_seconds"] = time.perf_counter() - t
     if advise:
-        result["advised_mappings"] = advise_random(Path(str(path) + ".data"))
+        result["advised_mappings"] = advise_random(next(path.parent.glob(path.name + ".*.data")))
     result["rss_before_first_request"] = proc.memory_info().rss
     rng = np.random.default_rng(1)
     ids = np.concatenate([[0, 1, rows - 2, rows - 1], rng.integers(0, rows, 60)]).reshape(4, 16)

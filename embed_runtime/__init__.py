@@ -10,6 +10,7 @@ Where things live:
 * ``runtime``: :class:`Runtime` and :func:`load`, the story of a call (validate, run, result);
 * ``inputs``: validation of what users pass (the one id check is ``RangePlan.check``);
 * ``binding``: IO-binding reuse for repeated shapes (the hot path) and ``out=`` runs;
+* ``device``: ``run(..., device_outputs=True)``: outputs left on the device as ``OrtValue``s (DLPack);
 * ``providers``: execution providers, plugin EPs as table rows, the "auto" choice, session creation;
 * ``options``: :class:`RuntimeOptions` and the onnxruntime ``SessionOptions`` made from them;
 * ``tensors``: :class:`TensorInfo` (one graph input or output) and onnxruntime dtypes;
@@ -22,6 +23,7 @@ Where things live:
 from __future__ import annotations
 
 from .contract import EmbeddingInfo, ModelMetadata
+from .device import DeviceOutputs
 from .errors import (
     ConfigurationError,
     EmbedRuntimeError,
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "DeviceOutputs",
     "EmbedRuntimeError",
     "EmbeddingInfo",
     "InferenceError",

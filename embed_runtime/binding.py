@@ -3,8 +3,8 @@
 
 After a first plain run for a given input shape (and output selection), each thread keeps ``IOBinding``
 objects with bound input and output buffers for that shape (LRU over ``RuntimeOptions.io_binding_cache``
-shapes, outputs up to ``RuntimeOptions.io_binding_max_bytes``, at most :data:`MAX_BUFFER_SETS` sets per
-shape). Later calls copy the ids in, run, and return fresh views of the bound output arrays, without a copy
+shapes; outputs plus input copies up to ``RuntimeOptions.io_binding_max_bytes`` per set; at most
+:data:`MAX_BUFFER_SETS` sets per shape). Later calls copy the ids in, run, and return fresh views of the bound output arrays, without a copy
 of the data: a caller may reshape, retype, freeze or try to resize what it gets without touching the
 buffers (a view owns no data, so numpy refuses to resize it). A set is run again only when its reference
 counts show that the caller has dropped every array (and view) it returned, so no caller ever sees a
@@ -225,7 +225,7 @@ class Binder:
         arrays = list(result.values()) + list(feeds.values())
         if any(not isinstance(a, np.ndarray) or a.dtype == object or a.size == 0 for a in arrays):
             return
-        if sum(a.nbytes for a in result.values()) > self.max_bytes:
+        if sum(a.nbytes for a in arrays) > self.max_bytes:  # outputs and the bound input copies
             return
         cache[key] = BoundShape(self.session, feeds, result, self.hot_plan)
         while len(cache) > self.max_shapes:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from . import InvalidInputError, Runtime, __version__, load
+from . import InvalidInputError, ModelLoadError, Runtime, __version__, load
+from .artifact import verify_sha256
 from .cli_common import add_session_arguments, make_parser, run_command
 
 EPILOG = """examples:
@@ -33,6 +34,7 @@ EPILOG = """examples:
 LAZY_COMMANDS = {
     "bench": ("embed_runtime.bench", "bench", "measure latency and throughput of a model"),
     "serve": ("embed_runtime.serve", "serve", "serve a model over HTTP"),
+    "batch": ("embed_runtime.ray", "ray", "run a model over Parquet files with Ray Data"),
 }
 
 
@@ -113,6 +115,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  embed_runtime {__version__}, onnxruntime {onnxruntime.__version__}, numpy {np.__version__}")
     for key, value in sorted(meta.versions.items()):
         print(f"  {key.removeprefix('embed_runtime.')}: {value}")
+    return _info_data_files(rt)
+
+
+def _info_data_files(rt: Runtime) -> int:
+    """Print each recorded external data file with its full sha256 check; raise if one does not match."""
+    checked = verify_sha256(rt.path, rt.metadata.raw)
+    if checked:
+        print("external data (full sha256 check):")
+    for record, found in checked:
+        verdict = "OK" if found == record.sha256 else f"MISMATCH: recorded {record.sha256}, found {found}"
+        print(f"  {record.location}: {record.bytes:,} bytes, sha256 {verdict}")
+    bad = [record.location for record, found in checked if found != record.sha256]
+    if bad:
+        raise ModelLoadError(
+            f"{rt.path}: data file {bad[0]} does not have the sha256 recorded in the model: it was changed "
+            "after the export; export again, or put back the files that were exported together"
+        )
     return 0
 
 

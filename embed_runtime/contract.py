@@ -13,6 +13,11 @@ An exported model is a plain ONNX file. What makes it an *embed-runtime* artifac
 * **Metadata** (ONNX ``metadata_props``, string to string), keys below. ``embed_runtime.embeddings`` is a
   JSON list with one object per Embedding layer (see :class:`EmbeddingInfo`); the runtime uses it to reject
   ids outside ``[0, input_dim)`` before onnxruntime sees them (ONNX ``Gather`` silently wraps negative ids).
+  ``embed_runtime.external_data`` (only in models with big tables stored as ONNX external data) is a JSON
+  list with one object per data file: ``location`` (its file name, in the ``.onnx``'s folder), ``bytes``,
+  ``sha256`` (of the whole file) and ``sample_sha256`` (of 16 blocks of 4 KiB spread over it); the runtime
+  refuses to load a model whose data file has another size or sample, ``embed-runtime info`` checks the
+  full sha256 (:mod:`embed_runtime.artifact`).
 
 Other languages can read the same keys: they are plain strings and JSON.
 """
@@ -35,6 +40,7 @@ KEY_TENSORFLOW_VERSION = PREFIX + "tensorflow_version"
 KEY_TF2ONNX_VERSION = PREFIX + "tf2onnx_version"
 KEY_EXPORTER_VERSION = PREFIX + "exporter_version"
 KEY_MAX_ABS_DIFF = PREFIX + "export_max_abs_diff"
+KEY_EXTERNAL_DATA = PREFIX + "external_data"
 
 VERSION_KEYS = (
     KEY_KERAS_VERSION,

@@ -26,7 +26,8 @@ class RuntimeOptions:
         allow_spinning: let idle pool threads spin; off by default, it burns CPU between requests and the
             measured gain on small lookups is nil.
         io_binding: reuse bound input/output buffers for repeated shapes (the small-call fast path).
-        io_binding_max_bytes: largest total output size, in bytes, that the fast path caches buffers for.
+        io_binding_max_bytes: largest size, in bytes, of one buffer set (outputs and the bound copies of
+            the inputs) that the fast path keeps for a shape.
         io_binding_cache: how many distinct input shapes each thread keeps bound buffers for.
         log_provider_choice: log what ``providers="auto"`` chose (INFO) and any fall-back (WARNING).
         log_severity_level: onnxruntime's own log level (0 verbose ... 4 fatal).

@@ -19,13 +19,15 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
+from .artifact import check_data_files
 from .batching import batch_len, check_batch_size, chunks, progress_bar
 from .binding import Binder, Results, check_out, run_into
 from .contract import ModelMetadata
+from .device import DeviceOutputs, run_on_device
 from .errors import EmbedRuntimeError, InferenceError, InvalidInputError, ModelLoadError, first_line
 from .inputs import FastCheck, prepare_all
 from .options import RuntimeOptions
@@ -63,6 +65,7 @@ class Runtime:
         self.path = Path(path)
         self.session = create_session(self.path, providers, opts)
         props = dict(self.session.get_modelmeta().custom_metadata_map)
+        check_data_files(self.path, props)  # the data files are the ones this .onnx was written with
         try:
             self.metadata = ModelMetadata.from_props(props)
         except (ValueError, TypeError) as exc:
@@ -116,6 +119,17 @@ class Runtime:
                 return {fast.name: checked}
         return prepare_all(inputs, self.inputs, single_sequence, self._checks)
 
+    @overload
+    def run(
+        self, inputs: Any, *, out: np.ndarray | Mapping[str, np.ndarray] | None = None,
+        outputs: Sequence[str] | str | None = None, single_sequence: bool = False,
+        device_outputs: Literal[False] = False, trust_device_ids: bool = False,
+    ) -> dict[str, np.ndarray]: ...  # fmt: skip
+    @overload
+    def run(
+        self, inputs: Any, *, out: None = None, outputs: Sequence[str] | str | None = None,
+        single_sequence: bool = False, device_outputs: Literal[True], trust_device_ids: bool = False,
+    ) -> DeviceOutputs: ...  # fmt: skip
     def run(
         self,
         inputs: Any,
@@ -123,7 +137,9 @@ class Runtime:
         out: np.ndarray | Mapping[str, np.ndarray] | None = None,
         outputs: Sequence[str] | str | None = None,
         single_sequence: bool = False,
-    ) -> dict[str, np.ndarray]:
+        device_outputs: bool = False,
+        trust_device_ids: bool = False,
+    ) -> dict[str, np.ndarray] | DeviceOutputs:
         """Run the model on validated ids and return ``{output name: array}``, masks included.
 
         Args:
@@ -133,12 +149,22 @@ class Runtime:
                 they are written in place and returned. Shapes, dtypes and contiguity are checked.
             outputs: names of the outputs to compute (default: all).
             single_sequence: ``inputs`` is one 1-D sequence; the outputs keep a batch axis of 1.
+            device_outputs: return ``OrtValue`` objects left in the provider's memory, DLPack-capable
+                where it allows (a :class:`~embed_runtime.device.DeviceOutputs`); ``inputs`` may then be
+                ``OrtValue``/DLPack objects too. See :mod:`embed_runtime.device`.
+            trust_device_ids: with ``device_outputs``, take ids in device memory unchecked (their values
+                cannot be checked there without a copy to the host); host ids are always checked.
 
         Returned arrays belong to the caller: no later call writes into them while the caller holds them
         or a view of them (arrays passed in ``out`` are written by the calls they are passed to).
+        A device output's buffer is owned by its ``OrtValue`` and lives as long as it, or an array made
+        from it through DLPack, does; keep the runtime alive meanwhile (the session's allocator owns
+        device memory). A DLPack capsule is for one consumer.
         Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
         :class:`InferenceError` when onnxruntime fails.
         """
+        if device_outputs:
+            return run_on_device(self, inputs, self._select(outputs), out, single_sequence, trust_device_ids)
         binder = self._binder
         if (  # the repeated-shape hot path: checked in a bound buffer, or None
             binder is not None

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from embed_runtime.cli_common import make_parser, run_command
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .errors import ExportError
         from .export import export_keras
+        from .writers import check_destination
     except ImportError as exc:
         print(
             f"embed-export: {exc}. Install the export extra: pip install 'embed-runtime[export]'",
@@ -61,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     def export(args: argparse.Namespace) -> int:
+        check_destination(Path(args.output))  # before the model is loaded and converted: fail fast
         report = export_keras(
             args.model,
             args.output,

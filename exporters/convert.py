@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,34 @@ def _quiet_tf2onnx() -> None:
     then works; the failures that matter end up in our ExportError instead."""
     for name in ("tf2onnx", "tf2onnx.tfonnx", "tf2onnx.tf_utils", "tf2onnx.optimizer"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class _UnsupportedOp(Exception):
+    """tf2onnx has no converter for a TensorFlow op at the opset being tried."""
+
+
+class _StopAtUnsupportedOp(logging.Filter):
+    """tf2onnx only logs a TensorFlow op it has no converter for at the opset, converts everything else
+    and optimizes the graph (most of a conversion's time) before onnxruntime refuses it. Raising from the
+    log record stops that conversion at once; the other records of that logger stay quiet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Tensorflow op [") and str(record.msg).endswith("is not supported"):
+            raise _UnsupportedOp(record.getMessage())
+        return False
+
+
+@contextmanager
+def _stop_at_unsupported_ops() -> Iterator[None]:
+    logger = logging.getLogger("tf2onnx.tfonnx")
+    stop, level = _StopAtUnsupportedOp(), logger.level
+    logger.addFilter(stop)
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.removeFilter(stop)
+        logger.setLevel(level)
 
 
 def cpu_session(model: onnx.ModelProto | Path) -> Any:
@@ -81,7 +110,7 @@ def convert(function: Any, opset: int | None = None) -> onnx.ModelProto:
     failures = []
     for candidate in candidates:
         try:
-            with tf.device("/CPU:0"):
+            with tf.device("/CPU:0"), _stop_at_unsupported_ops():
                 model, _ = tf2onnx.convert.from_function(
                     function, input_signature=function.input_signature, opset=candidate
                 )

@@ -3,12 +3,14 @@
 One pipeline for every export:
 
 1. build: describe the Keras model and convert it with tf2onnx (big tables as small stand-ins,
-   :mod:`exporters.large`) into an :class:`~exporters.passes.ExportState`;
+   :mod:`exporters.large`; every table found by its origin, :mod:`exporters.tables`) into an
+   :class:`~exporters.passes.ExportState`;
 2. the rewrite passes, in the order of :data:`exporters.passes.PASSES`;
 3. verify, once: parity with Keras on the graph as it will be read back, and the rewrite check;
 4. finalize: IR version, producer and the contract's metadata;
 5. a writer (:mod:`exporters.writers`): one inline ``.onnx``, or ``.onnx`` + external data;
-6. the :class:`~exporters.report.ExportReport`.
+6. the :class:`~exporters.report.ExportReport`, with the sha256 of what was written (the last pass names
+   everything reproducibly: one model exported twice gives the same bytes).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from embed_runtime.contract import (
     ModelMetadata,
 )
 
-from . import large, rewrite
+from . import large, rewrite, tables
 from .convert import convert, hide_gpus, load_rewritten
-from .keras_model import KerasModelInfo, describe, load_model, make_tf_function
+from .keras_model import KerasModelInfo, describe, load_model
 from .passes import PASSES, ExportState
 from .report import ExportReport, make_report
+from .tracing import make_tf_function
 from .verify import Parity, check_rewrite, compare
-from .writers import Writer, open_writer
+from .writers import Writer, check_destination, open_writer
 
 EXPORTER_VERSION = __version__
 """The exporter ships in the same distribution as the runtime, under one version."""
@@ -70,7 +73,7 @@ def export_keras(
         external_data_threshold: tables with more bytes than this (an int or a size such as ``"64MiB"``;
             default ``$EMBED_EXPORT_EXTERNAL_DATA_THRESHOLD`` or 64 MiB) bypass TensorFlow and tf2onnx:
             they are converted as small stand-ins and written from the Keras variables as ONNX external
-            data, ``<path>.data`` beside the ``.onnx``, which onnxruntime memory-maps
+            data, ``<path>.<content hash>.data`` beside the ``.onnx``, which onnxruntime memory-maps
             (see :mod:`exporters.large`).
 
     Returns:
@@ -80,6 +83,8 @@ def export_keras(
         ExportError: with a message that says what was wrong.
     """
     start = time.perf_counter()
+    out = Path(path)
+    check_destination(out)  # before any conversion work; the writer checks again when it writes
     hide_gpus()
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
@@ -89,7 +94,6 @@ def export_keras(
         state = build(keras, opset, stand_ins)
         for rewrite_pass in PASSES:
             rewrite_pass(state)
-    out = Path(path)
     with open_writer(out, state.model, state.stand_ins) as writer:
         checks = run_checks(state, writer, atol, seed) if verify else None
         versions = finalize(state, checks[0] if checks else None)
@@ -101,13 +105,17 @@ def export_keras(
 
 def build(keras: KerasModelInfo, opset: int | None, stand_ins: list[large.StandIn]) -> ExportState:
     """Convert the model with tf2onnx (at ``opset``, or the lowest that works) into the state the passes
-    start from. Weights that tf2onnx lists as graph inputs (old IR versions) are dropped from both
-    graphs, so that the raw and the rewritten graph take the same inputs."""
-    raw = convert(make_tf_function(keras), opset)
+    start from. Each table is converted as its tracer and found by it (:mod:`exporters.tables`), so that
+    layers with equal tables are told apart; the real values are back in both graphs before the passes.
+    Weights that tf2onnx lists as graph inputs (old IR versions) are dropped from both graphs, so that the
+    raw and the rewritten graph take the same inputs."""
+    with tables.tracing(keras) as tracers:
+        raw = convert(make_tf_function(keras), opset)
     rewrite.strip_initializer_inputs(raw)
+    table_names = tables.restore(raw, tracers)
     model = onnx.ModelProto()
     model.CopyFrom(raw)
-    return ExportState(keras, raw, model, stand_ins)
+    return ExportState(keras, raw, model, table_names, stand_ins)
 
 
 def run_checks(state: ExportState, writer: Writer, atol: float, seed: int) -> tuple[Parity, float]:
@@ -119,7 +127,8 @@ def run_checks(state: ExportState, writer: Writer, atol: float, seed: int) -> tu
     """
     embeddings = state.embeddings
     input_dims = ModelMetadata(embeddings=tuple(embeddings)).input_dims()
-    parity = compare(state.keras, writer.session(state.model), state.masks, input_dims, atol, seed)
+    session = writer.session(state.model)
+    parity = compare(state.keras, session, state.masks, embeddings, input_dims, atol, seed)
     raw_dims = large.stand_in_input_dims(embeddings, state.stand_ins)
     return parity, check_rewrite(state.raw, load_rewritten(state.model), state.keras, raw_dims, seed)
 

@@ -3,13 +3,15 @@
 Keras 3 (``import keras`` on the TensorFlow backend) and tf-keras / Keras 2 (``TF_USE_LEGACY_KERAS=1``)
 differ in where they keep input names, output names and the Embedding table. This module hides that:
 :func:`load_model` opens a path, :func:`describe` turns a model object into a :class:`KerasModelInfo`,
-and :func:`make_tf_function` wraps it as the ``tf.function`` tf2onnx converts.
+and :mod:`exporters.tracing` wraps it in a ``tf.function``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from .errors import ExportError
 KERAS3 = "keras3"
 TF_KERAS = "tf_keras"
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _AUTO_INPUT_NAME = re.compile(r"^(keras_tensor|input_layer|input|embedding)(_\d+)?(_input)?$")
 
 
@@ -144,26 +147,121 @@ def embedding_layers(model: Any, flavour: str) -> list[Any]:
 
 def _call_on_padding(model: Any, inputs: list[IdInput]) -> Any:
     """Call the model once on padding ids: a model reloaded from disk may never have been called, and
-    Keras refuses to trace it until it has."""
+    Keras refuses to trace it until it has. Raises :class:`ExportError` naming the layer that failed."""
     batch = [np.zeros((1, ids.length or 1), dtype=np.int64) for ids in inputs]
-    return model(batch[0] if len(batch) == 1 else batch, training=False)
+
+    def call() -> Any:
+        return model(batch[0] if len(batch) == 1 else batch, training=False)
+
+    try:
+        return call()
+    except Exception as exc:  # Keras and TensorFlow raise many types; the first line says what failed
+        first = f"{type(exc).__name__}: {first_line(exc)}"
+    layer = _failing_layer(model, call)
+    where = f" in layer {layer.name!r} ({type(layer).__name__})" if layer is not None else ""
+    raise ExportError(
+        f"calling model {model.name!r} on int64 ids of shape (1, length) failed{where}: {first} -- the "
+        "exported graph takes integer ids, so every layer must accept them; keep a layer that needs other "
+        "inputs out of the exported model (run it before, export the model from its output on)"
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message that says what failed: Keras wraps a layer's error in a
+    line naming the call, terminal colour codes and pages of context."""
+    lines = [_ANSI.sub("", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return lines[0][:300] if lines else ""
+
+
+@contextmanager
+def wrapped_calls(
+    layers: Iterable[Any],
+    wrap: Callable[[Any, Callable[..., Any]], Callable[..., Any]],
+    attributes: Sequence[str] = ("call",),
+) -> Iterator[None]:
+    """While the block runs, each layer instance's ``call`` (and the other ``attributes`` it has) is
+    ``wrap(layer, original method)``; the instances are left as they were afterwards. Set on the instance
+    (``object.__setattr__``): the class and Keras's attribute tracking never see it."""
+    patched: list[tuple[Any, str, Any]] = []
+    try:
+        for layer in layers:
+            for attribute in attributes:
+                method = getattr(layer, attribute, None)
+                if method is not None:
+                    patched.append((layer, attribute, layer.__dict__.get(attribute)))
+                    object.__setattr__(layer, attribute, wrap(layer, method))
+        yield
+    finally:
+        for layer, attribute, own in reversed(patched):
+            if own is None:
+                object.__delattr__(layer, attribute)
+            else:
+                object.__setattr__(layer, attribute, own)
+
+
+def _failing_layer(model: Any, call: Callable[[], Any]) -> Any:
+    """The innermost layer whose ``call`` raises when ``call()`` runs again, or None."""
+    failed: list[Any] = []
+
+    def wrap(layer: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except Exception:
+                failed.append(layer)  # the innermost layer is the first to see the exception
+                raise
+
+        return run
+
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    with wrapped_calls(layers, wrap), suppress(Exception):  # the failure is reported; the layer is wanted
+        call()
+    return failed[0] if failed else None
+
+
+def _readers(model: Any, tensor: Any) -> list[str]:
+    """``name (class)`` of each layer of a functional model that takes ``tensor`` as an input."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for node in getattr(layer, "_inbound_nodes", []):
+            tensors = node.input_tensors
+            if type(layer).__name__ != "InputLayer" and any(
+                t is tensor for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors])
+            ):
+                found.append(f"{layer.name!r} ({type(layer).__name__})")
+                break
+    return found
 
 
 def _keras_inputs(model: Any) -> list[tuple[str, int | None]]:
-    """(name, static length) of each model input, or one dynamic input for subclassed models."""
+    """(name, static length) of each model input, or one dynamic input for subclassed models.
+
+    Raises :class:`ExportError` for a string input (naming the layers that read it) or an input that is
+    not 2-D.
+    """
     try:
         tensors = list(model.inputs or [])
     except AttributeError:
         tensors = []
     found = []
     for tensor in tensors:
+        name = (getattr(tensor, "name", "") or "").split(":")[0]
+        if getattr(tensor.dtype, "name", tensor.dtype) == "string":
+            readers = _readers(model, tensor)
+            raise ExportError(
+                f"input {name!r} of model {model.name!r} takes strings"
+                + (f", read by layer {', '.join(readers)}" if readers else "")
+                + "; the exporter converts models whose inputs are integer ids (tf2onnx cannot convert "
+                "string processing). Run the string layers in your input pipeline and export the model "
+                "that starts at the ids they produce"
+            )
         shape = tuple(tensor.shape)
         if len(shape) != 2:
             raise ExportError(
-                f"input {tensor.name!r} has shape {shape}; an Embedding model takes ids of shape (batch, seq)"
+                f"input {name!r} has shape {shape}; an Embedding model takes ids of shape (batch, seq)"
             )
-        name = getattr(tensor, "name", "") or ""
-        found.append((name.split(":")[0], None if shape[1] is None else int(shape[1])))
+        found.append((name, None if shape[1] is None else int(shape[1])))
     return found or [("", None)]
 
 
@@ -229,51 +327,3 @@ def describe(model: Any) -> KerasModelInfo:
 
         version = tf_keras.__version__
     return KerasModelInfo(model, flavour, tuple(inputs), tuple(out_names), tuple(embeddings), version)
-
-
-def make_tf_function(info: KerasModelInfo) -> Any:
-    """A ``tf.function`` with int64 id inputs under the readable names, returning ``{output name: tensor}``.
-
-    tf2onnx's ``from_function`` converts it for both flavours (``from_keras`` fails on Keras 3 Sequential
-    models). tf2onnx sorts dict outputs, so callers look outputs up by name.
-    """
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec((None, s.length), tf.int64, name=s.name) for s in info.inputs]
-    model = info.model
-    names = info.output_names
-
-    @tf.function(input_signature=signature, autograph=False)
-    def serve(*ids: Any) -> dict[str, Any]:
-        result = model(ids[0] if len(ids) == 1 else list(ids), training=False)
-        if isinstance(result, dict):
-            return {k: tf.identity(result[k]) for k in names}
-        tensors = list(result) if isinstance(result, (list, tuple)) else [result]
-        return {name: tf.identity(t) for name, t in zip(names, tensors)}
-
-    # Activity regularizers are training-only, yet Keras adds their loss on every call; traced, that loss
-    # leaks into the graph and tf2onnx cannot import it. Trace once without them (tf2onnx reuses the trace).
-    regularized = [
-        layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
-        if getattr(layer, "activity_regularizer", None) is not None
-    ]
-    saved = [layer.activity_regularizer for layer in regularized]
-    try:
-        for layer in regularized:
-            layer.activity_regularizer = None
-        serve.get_concrete_function()
-    finally:
-        for layer, regularizer in zip(regularized, saved):
-            layer.activity_regularizer = regularizer
-    return serve
-
-
-def keras_outputs(info: KerasModelInfo, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the Keras model itself on ``feeds`` (input name -> ids) and name its outputs like the graph."""
-    args = [feeds[s.name] for s in info.inputs]
-    result = info.model(args[0] if len(args) == 1 else args, training=False)
-    if isinstance(result, dict):
-        return {k: np.asarray(result[k]) for k in info.output_names}
-    tensors = list(result) if isinstance(result, (list, tuple)) else [result]
-    return {name: np.asarray(t) for name, t in zip(info.output_names, tensors)}

@@ -6,16 +6,17 @@ Embedding is one ``Gather`` on one initializer. So, for every table above the th
 
 1. :func:`stand_ins` swaps the layer's table variable for a small stand-in (a prime number of rows, the
    real width and dtype, seeded random values) while the model is traced and converted; the rest of the
-   pipeline (``find_table``, the proven index-chain collapse on the *real* ``input_dim``, masks, dims,
-   dead-node removal) runs unchanged on the small graph.
+   pipeline (each table found by its tracer, :mod:`exporters.tables`; the proven index-chain collapse
+   on the *real* ``input_dim``, masks, dims, dead-node removal) runs unchanged on the small graph.
 2. :func:`check_row_count_gone` proves nothing left in the graph remembers the stand-in's row count (Keras
    3's negative-id wrap ``Add(ids, rows)`` does until the collapse removes it).
 3. :func:`write_tables` streams the real rows from the Keras variable, in row chunks, into one data file
    at offsets aligned to :data:`ALIGNMENT`, and turns each stand-in initializer into an external-data
    reference (relative location) of the real shape. onnxruntime memory-maps such initializers on the CPU
    instead of reading them, so load time and RSS do not grow with the table.
-4. :class:`Staging` keeps the ``.onnx`` and the data file in a temporary folder beside the destination
-   until both are complete and verified, then renames them into place (data first, model last).
+4. :class:`exporters.writers.Staging` keeps the ``.onnx`` and the data file (named after its contents) in a
+   temporary folder beside the destination until both are complete and verified, then renames them into
+   place (data first, model last).
 
 :func:`exporters.export.export_keras` runs step 1 around the conversion and the passes, step 2 is the pass
 :func:`exporters.passes.check_stand_ins_gone`, and :class:`exporters.writers.ExternalDataWriter` does
@@ -24,10 +25,9 @@ steps 3 and 4.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ from embed_runtime.contract import EmbeddingInfo
 
 from .errors import ExportError
 from .keras_model import KERAS3, EmbeddingLayer, KerasModelInfo
+from .tables import make_variable, table_attribute
 
 DEFAULT_THRESHOLD = 64 << 20
 """Tables with more bytes than this take the external-data path (64 MiB: tf2onnx needs ~2 GB for it)."""
@@ -93,11 +94,6 @@ def table_bytes(emb: EmbeddingLayer) -> int:
     return int(np.prod(emb.shape)) * np.dtype(emb.dtype).itemsize
 
 
-def data_file_name(model_path: Path) -> str:
-    """Name of the external data file of ``model_path``: ``<model file name>.data``, in the same folder."""
-    return model_path.name + ".data"
-
-
 def big_tables(info: KerasModelInfo, threshold: int) -> list[EmbeddingLayer]:
     """The Embedding tables of the model with more than ``threshold`` bytes."""
     return [emb for emb in info.embeddings if table_bytes(emb) > threshold]
@@ -136,26 +132,17 @@ def _stand_in_rows(big: Sequence[EmbeddingLayer]) -> list[int]:
 
 
 def _table_attribute(emb: EmbeddingLayer, flavour: str) -> str:
-    """The attribute that holds the table variable: Keras 3 ``_embeddings``, tf-keras ``embeddings``."""
+    """The attribute that holds the table variable (:func:`exporters.tables.table_attribute`); quantized
+    and LoRA Keras 3 tables are refused here."""
     layer = emb.layer
-    if flavour == KERAS3:
-        if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
-            raise ExportError(
-                f"Embedding {emb.name!r} is quantized or has LoRA enabled; tables above the external-data "
-                "threshold must be plain float tables (raise the threshold to export it the usual way)"
-            )
-        return "_embeddings"
-    return "embeddings"
-
-
-def _make_variable(values: np.ndarray, flavour: str, name: str) -> Any:
-    if flavour == KERAS3:
-        import keras
-
-        return keras.Variable(values, dtype=values.dtype.name, trainable=False, name=name)
-    import tensorflow as tf
-
-    return tf.Variable(values, trainable=False, name=name)
+    if flavour == KERAS3 and (
+        getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False)
+    ):
+        raise ExportError(
+            f"Embedding {emb.name!r} is quantized or has LoRA enabled; tables above the external-data "
+            "threshold must be plain float tables (raise the threshold to export it the usual way)"
+        )
+    return table_attribute(flavour)
 
 
 @contextmanager
@@ -175,7 +162,7 @@ def stand_ins(info: KerasModelInfo, big: Sequence[EmbeddingLayer], seed: int = 0
             if original is None:
                 raise ExportError(f"Embedding {emb.name!r} keeps no table in {attribute!r}; cannot swap it")
             values = rng.standard_normal((rows, emb.shape[1])).astype(emb.dtype)
-            stand_in = _make_variable(values, info.flavour, f"{emb.name}_stand_in")
+            stand_in = make_variable(values, info.flavour, f"{emb.name}_stand_in")
             object.__setattr__(emb.layer, attribute, stand_in)
             done.append(StandIn(emb, attribute, original, rows))
         yield done
@@ -297,15 +284,16 @@ class Placement:
 
 def write_tables(
     model: onnx.ModelProto, subs: Sequence[StandIn], tables: dict[str, Any], data_path: Path
-) -> list[Placement]:
+) -> tuple[list[Placement], str]:
     """Stream the real table of each stand-in the graph uses (``tables`` from :func:`read_once`) into
-    ``data_path``, row chunk by row chunk.
+    ``data_path``, row chunk by row chunk; returns where each table went and the file's sha256 (hex).
 
     Each table starts at an offset aligned to :data:`ALIGNMENT`. The graph is not changed: apply the
     result with :func:`point_to`.
     """
     inits = {init.name: init for init in model.graph.initializer}
     placements = []
+    digest = hashlib.sha256()
     with open(data_path, "wb") as f:
         for s in subs:
             init = inits.get(s.onnx_name)
@@ -316,15 +304,19 @@ def write_tables(
             want = helper.np_dtype_to_tensor_dtype(np.dtype(s.emb.dtype))
             if init.data_type != want:
                 raise ExportError(f"table {s.onnx_name!r} has ONNX type {init.data_type}, expected {want}")
-            f.write(b"\0" * (-f.tell() % ALIGNMENT))
+            padding = b"\0" * (-f.tell() % ALIGNMENT)
+            f.write(padding)
+            digest.update(padding)
             offset = f.tell()
             for chunk in iter_rows(tables[s.onnx_name], s.emb.dtype):
-                f.write(chunk.data.cast("B"))
+                view = chunk.data.cast("B")
+                f.write(view)
+                digest.update(view)
             length = f.tell() - offset
             if length != table_bytes(s.emb):
                 raise ExportError(f"wrote {length} bytes for {s.emb.name!r}, expected {table_bytes(s.emb)}")
             placements.append(Placement(s.onnx_name, s.emb.shape, offset, length))
-    return placements
+    return placements, digest.hexdigest()
 
 
 def point_to(model: onnx.ModelProto, placements: Sequence[Placement], location: str) -> None:
@@ -342,35 +334,3 @@ def point_to(model: onnx.ModelProto, placements: Sequence[Placement], location: 
         for key, value in (("location", location), ("offset", str(p.offset)), ("length", str(p.length))):
             init.external_data.add(key=key, value=value)
 
-
-class Staging:
-    """A temporary folder beside ``path`` holding the ``.onnx`` and its data file until :meth:`commit`.
-
-    The files keep their final names inside it, so the relative external-data location resolves there
-    exactly as it will beside ``path``. Leaving the ``with`` block removes the folder and whatever is
-    still in it: a failed export leaves nothing behind.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        self.model_path = self.folder / path.name
-        self.data_path = self.folder / data_file_name(path)
-
-    def write_model(self, model: onnx.ModelProto) -> None:
-        """(Re)write the staged ``.onnx`` (only the graph: external tables stay where they are)."""
-        self.model_path.write_bytes(model.SerializeToString())
-
-    def commit(self) -> Path:
-        """Rename the data file, then the model, into place; returns the data file's final path."""
-        data = self.path.parent / data_file_name(self.path)
-        os.replace(self.data_path, data)
-        os.replace(self.model_path, self.path)
-        return data
-
-    def __enter__(self) -> Staging:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)

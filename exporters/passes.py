@@ -21,19 +21,24 @@ import onnx
 
 from embed_runtime.contract import EmbeddingInfo, mask_output_name
 
-from . import large, rewrite
+from . import dims, large, naming, rewrite
 from .errors import ExportError
 from .keras_model import EmbeddingLayer, KerasModelInfo
-from .verify import MaskSource
+from .lookups import MaskSource
+
+COMPUTED = "computed"
+"""Stands for the input in a mask output's name when its layer's ids are computed in the model
+(``<layer>_computed_mask`` when the layer also reads graph inputs directly)."""
 
 
 @dataclass
 class FoundTable:
-    """An Embedding table found in the graph: its layer, the graph inputs whose ids it looks up, and
-    what the metadata says about each such lookup."""
+    """An Embedding table found in the graph: its layer, the graph inputs whose ids it looks up, the id
+    tensors computed in the graph that it looks up, and what the metadata says about each lookup."""
 
     layer: EmbeddingLayer
     id_inputs: list[str] = field(default_factory=list)
+    computed_ids: list[str] = field(default_factory=list)
     embeddings: list[EmbeddingInfo] = field(default_factory=list)
 
 
@@ -45,6 +50,8 @@ class ExportState:
         keras: the Keras model as :func:`exporters.keras_model.describe` read it.
         raw: tf2onnx's graph (weights dropped from its inputs): the reference of the rewrite check.
         model: the ONNX model the passes rewrite, a copy of ``raw`` at first.
+        table_names: ``{layer name: initializer name}`` of each table the graph holds, found by its origin
+            (:func:`exporters.tables.restore`).
         stand_ins: the big tables converted as small stand-ins (:mod:`exporters.large`); empty otherwise.
         tables: the Embedding tables found in the graph, in the model's layer order.
         masks: the mask outputs added, for the parity check.
@@ -53,6 +60,7 @@ class ExportState:
     keras: KerasModelInfo
     raw: onnx.ModelProto
     model: onnx.ModelProto
+    table_names: dict[str, str]
     stand_ins: list[large.StandIn] = field(default_factory=list)
     tables: list[FoundTable] = field(default_factory=list)
     masks: list[MaskSource] = field(default_factory=list)
@@ -69,50 +77,68 @@ class ExportState:
 
 
 def find_tables(state: ExportState) -> None:
-    """Find each Embedding's table among the initializers (same shape and values), feed each of its
-    lookup ``Gather`` nodes straight from the id input where the index arithmetic in between is proven to
-    be the identity on every valid id (:func:`exporters.rewrite.collapse_index_chain`), record the inputs
-    it reads, and name it ``<layer>.embeddings``.
+    """Take each Embedding's table as found by its origin (:func:`exporters.tables.restore`), feed each of
+    its lookup ``Gather`` nodes straight from the id input where the index arithmetic in between is proven
+    to be the identity on every valid id (:func:`exporters.rewrite.collapse_index_chain`), record the
+    inputs it reads and the ids it reads that the model computes, and name it ``<layer>.embeddings``.
 
     A layer the forward pass never uses has no table in the graph and is left out; a graph with no table
-    is refused, and so is a ``mask_zero`` layer whose ids are computed in the graph (its mask would not
-    be a function of a model input).
+    is refused, and so is a ``mask_zero`` layer that looks up computed ids at more than one place (one
+    mask output per layer and input).
     """
     for emb in state.keras.embeddings:
-        try:
-            table = rewrite.find_table(state.model, emb.read_table())
-        except ExportError:
+        table = state.table_names.get(emb.name)
+        if table is None:
             continue  # a layer the forward pass never uses: not in the graph
-        sources = [
-            rewrite.collapse_index_chain(state.model, gather, emb.input_dim)
-            for gather in rewrite.lookups(state.model, table)
-        ]
-        if None in sources and emb.mask_zero:
+        gathers = rewrite.lookups(state.model, table)
+        sources = [rewrite.collapse_index_chain(state.model, g, emb.input_dim) for g in gathers]
+        computed = [g.input[1] for g, source in zip(gathers, sources) if source is None]
+        if emb.mask_zero and len(computed) > 1:
             raise ExportError(
-                f"Embedding {emb.name!r} has mask_zero=True but its ids are computed in the graph rather than "
-                "taken from a model input; its mask cannot be exported"
+                f"Embedding {emb.name!r} has mask_zero=True and looks up ids computed in the model at "
+                f"{len(computed)} places; only one such lookup per layer can have a mask output (call the "
+                "layer once on those ids, or export without mask_zero)"
             )
         rewrite.rename(state.model, table, emb.onnx_name)
-        state.tables.append(FoundTable(emb, sorted({s for s in sources if s is not None})))
+        state.tables.append(FoundTable(emb, sorted({s for s in sources if s is not None}), computed))
     if not state.tables:
         raise ExportError("no Embedding table of the model was found in the converted graph")
 
 
+def _lookups(table: FoundTable) -> list[str | None]:
+    """What each metadata entry of ``table`` is about: an id input, or None for computed ids (one entry for
+    a ``mask_zero`` layer's computed ids, and one for a layer with no id input)."""
+    found: list[str | None] = [*table.id_inputs]
+    if table.computed_ids and (table.layer.mask_zero or not found):
+        found.append(None)
+    return found or [None]
+
+
+def _masked(table: FoundTable, source: str | None) -> bool:
+    """Whether the lookup of ``source`` (None: computed ids) by ``table`` gets a mask output."""
+    return table.layer.mask_zero and (source is not None or bool(table.computed_ids))
+
+
 def describe_lookups(state: ExportState) -> None:
     """Record the contract's :class:`EmbeddingInfo` of each (table, id input), naming the mask output of
-    each ``mask_zero`` lookup by :func:`embed_runtime.contract.mask_output_name`. A mask name that is
-    already a model output is refused."""
-    masked = [(t.layer.name, src) for t in state.tables if t.layer.mask_zero for src in t.id_inputs]
-    taken = set(state.keras.output_names)
+    each ``mask_zero`` lookup by :func:`embed_runtime.contract.mask_output_name` (:data:`COMPUTED` standing
+    for the input of computed ids, whose entry lists no input). A mask name that is already a model input
+    or output is refused."""
+    masked = [(t.layer.name, src or COMPUTED) for t in state.tables for src in _lookups(t) if _masked(t, src)]
+    taken = {name: "output" for name in state.keras.output_names}
+    taken.update({s.name: "input" for s in state.keras.inputs})
     for table in state.tables:
         emb = table.layer
-        sources: list[str | None] = [*table.id_inputs] or [None]
-        for src in sources:
-            mask = mask_output_name(emb.name, src, masked) if emb.mask_zero and src else None
+        for src in _lookups(table):
+            mask = mask_output_name(emb.name, src or COMPUTED, masked) if _masked(table, src) else None
             if mask:
                 if mask in taken:
-                    raise ExportError(f"the model already has an output named {mask!r}; rename that layer")
-                taken.add(mask)
+                    raise ExportError(
+                        f"the mask output of Embedding {emb.name!r} is named {mask!r} by the contract "
+                        f"(embed_runtime.contract.mask_output_name), but the model already has an "
+                        f"{taken[mask]} of that name; rename that Keras {taken[mask]}"
+                    )
+                taken[mask] = "output"
             table.embeddings.append(
                 EmbeddingInfo(
                     layer=emb.name,
@@ -128,22 +154,28 @@ def describe_lookups(state: ExportState) -> None:
 
 
 def add_mask_outputs(state: ExportState) -> None:
-    """Add each recorded mask output: ``ids != padding id`` over its id input, Keras's ``compute_mask``
-    of a ``mask_zero`` Embedding (the parity check compares the two)."""
+    """Add each recorded mask output: ``ids != padding id`` over the ids its layer looks up (an id input,
+    or ids computed in the graph), Keras's ``compute_mask`` of a ``mask_zero`` Embedding (the parity check
+    compares the two)."""
     lengths = state.lengths
     for table in state.tables:
         for info in table.embeddings:
             if info.mask_output is None:
                 continue
-            (src,) = info.inputs
-            rewrite.add_mask_output(state.model, src, info.mask_output, rewrite.sequence_dim(src, lengths))
+            src = info.inputs[0] if info.inputs else None
+            if src is not None:
+                ids, shape = src, ["batch", dims.sequence_dim(src, lengths)]
+            else:
+                ids = table.computed_ids[0]
+                shape = dims.placeholder_dims(state.model, ids, info.mask_output)
+            rewrite.add_mask_output(state.model, ids, info.mask_output, shape)
             state.masks.append(MaskSource(info.mask_output, table.layer, src))
 
 
 def set_io_dims(state: ExportState) -> None:
     """Name the axes: inputs ``(batch, <sequence>)``, outputs ``batch`` first and every axis shape
-    inference can derive (:func:`exporters.rewrite.set_io_dims`)."""
-    rewrite.set_io_dims(state.model, state.lengths)
+    inference can derive (:func:`exporters.dims.set_io_dims`)."""
+    dims.set_io_dims(state.model, state.lengths)
 
 
 def remove_dead_nodes(state: ExportState) -> None:
@@ -154,8 +186,8 @@ def remove_dead_nodes(state: ExportState) -> None:
 
 def name_tracking_dims(state: ExportState) -> None:
     """Name the output axes that follow an input's sequence length where shape inference cannot see it
-    (through RNN loops), by running the graph at two lengths (:func:`exporters.rewrite.name_tracking_dims`)."""
-    rewrite.name_tracking_dims(state.model, state.lengths)
+    (through RNN loops), by running the graph at two lengths (:func:`exporters.dims.name_tracking_dims`)."""
+    dims.name_tracking_dims(state.model, state.lengths)
 
 
 def check_stand_ins_gone(state: ExportState) -> None:
@@ -163,6 +195,15 @@ def check_stand_ins_gone(state: ExportState) -> None:
     count, so the real tables can replace them (:func:`exporters.large.check_row_count_gone`)."""
     if state.stand_ins:
         large.check_row_count_gone(state.model, state.stand_ins)
+
+
+def name_reproducibly(state: ExportState) -> None:
+    """Name and order every node, intermediate value, initializer and unnamed dim from a walk of the graph
+    instead of tf2onnx's per-process counters, keeping the graph's inputs, outputs and tables
+    (``<layer>.embeddings``): exporting one model twice gives the same bytes
+    (:func:`exporters.naming.canonicalize`)."""
+    tables = [table.layer.onnx_name for table in state.tables]
+    naming.canonicalize(state.model, tables, state.keras.model.name)
 
 
 Pass = Callable[[ExportState], None]
@@ -175,5 +216,6 @@ PASSES: tuple[Pass, ...] = (
     remove_dead_nodes,
     name_tracking_dims,
     check_stand_ins_gone,
+    name_reproducibly,
 )
 """The rewrite passes in the order they run; a new pass is one function above and one line here."""

@@ -3,6 +3,7 @@ prints."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from embed_runtime.artifact import DataFile, read_records
 from embed_runtime.contract import EmbeddingInfo
 
 from .rewrite import opset_of
@@ -39,24 +41,31 @@ class ExportReport:
     versions: dict[str, str] = field(default_factory=dict)
     external_data: Path | None = None
     external_data_bytes: int = 0
+    sha256: str = ""
+    """Hex sha256 of the ``.onnx`` file written: one model exported twice gives the same."""
+    external_data_sha256: str | None = None
+    """Hex sha256 of the external data file as the ``.onnx`` records it, None when there is none."""
 
     def __str__(self) -> str:
         def shape(dims: list[int | str]) -> str:
             return "(" + ", ".join(str(d) for d in dims) + ")"
 
         lines = [f"exported {self.path} ({self.file_bytes:,} bytes, {self.seconds:.2f} s, {self.flavour})"]
+        lines.append(f"  sha256 {self.sha256}")
         if self.external_data is not None:
             lines.append(
-                f"  tables in {self.external_data.name} ({self.external_data_bytes:,} bytes, mmap-aligned)"
+                f"  tables in {self.external_data.name} ({self.external_data_bytes:,} bytes, mmap-aligned, "
+                f"sha256 {self.external_data_sha256})"
             )
         lines += [f"  input  {n}: {t}{shape(d)}" for n, t, d in self.inputs]
         lines += [f"  output {n}: {t}{shape(d)}" for n, t, d in self.outputs]
         ops = ", ".join(f"{op} x{c}" if c > 1 else op for op, c in self.op_counts.items())
         lines.append(f"  opset {self.opset}, IR {self.ir_version}, {self.node_count} nodes: {ops}")
         for emb in self.embeddings:
+            source = f"ids from {', '.join(emb.inputs)}" if emb.inputs else "ids computed in the model"
             lines.append(
-                f"  embedding {emb.layer}: {emb.input_dim} x {emb.output_dim} {emb.dtype}, ids from "
-                f"{', '.join(emb.inputs)}" + (f", mask -> {emb.mask_output}" if emb.mask_output else "")
+                f"  embedding {emb.layer}: {emb.input_dim} x {emb.output_dim} {emb.dtype}, {source}"
+                + (f", mask -> {emb.mask_output}" if emb.mask_output else "")
             )
         if self.parity is None:
             lines.append("  parity: not verified (--no-verify)")
@@ -104,6 +113,10 @@ def make_report(
     """The report of the files just written at ``path`` (and ``external_data``) from ``graph``;
     ``checks`` is (parity, rewrite difference), None when the export was not verified."""
     parity, rewrite_diff = checks if checks is not None else (None, None)
+    # what was written, from the graph itself: another export to the same path may already have
+    # replaced (and unlinked) the files by now
+    blob = graph.SerializeToString()
+    record = _record(graph, external_data)
     return ExportReport(
         path=path,
         flavour=flavour,
@@ -113,12 +126,20 @@ def make_report(
         ir_version=graph.ir_version,
         node_count=len(graph.graph.node),
         op_counts=op_counts(graph.graph.node),
-        file_bytes=path.stat().st_size,
+        file_bytes=len(blob),
         seconds=time.perf_counter() - start,
         embeddings=embeddings,
         parity=parity,
         rewrite_max_abs_diff=rewrite_diff,
         versions=versions,
         external_data=external_data,
-        external_data_bytes=external_data.stat().st_size if external_data is not None else 0,
+        external_data_bytes=record.bytes if record is not None else 0,
+        sha256=hashlib.sha256(blob).hexdigest(),
+        external_data_sha256=record.sha256 if record is not None else None,
     )
+
+
+def _record(graph: onnx.ModelProto, data: Path | None) -> DataFile | None:
+    """What the ``.onnx`` records for its data file ``data`` (the writer measured it while writing)."""
+    records = read_records({p.key: p.value for p in graph.metadata_props})
+    return next((r for r in records if data is not None and r.location == data.name), None)

@@ -7,8 +7,8 @@ runtime rejects negative ids anyway, so the arithmetic is redundant. :func:`coll
 it only after *proving* the chain is the identity on every valid id (it runs the chain through
 onnxruntime on all ids ``0..input_dim-1``, or on a large sample with both ends for huge tables).
 
-The other primitives are bookkeeping: mask outputs, readable names and dims, dead-node removal, the lowest
-IR version, and the contract's metadata. The passes that apply them, in order, are in :mod:`exporters.passes`.
+The other primitives are bookkeeping: mask outputs, readable names, dead-node removal, the lowest IR
+version, and the contract's metadata (named axes are in :mod:`exporters.dims`). The passes that apply them, in order, are in :mod:`exporters.passes`.
 """
 
 from __future__ import annotations
@@ -84,14 +84,6 @@ def strip_initializer_inputs(model: onnx.ModelProto) -> None:
     keep = [inp for inp in model.graph.input if inp.name not in weights]
     del model.graph.input[:]
     model.graph.input.extend(keep)
-
-
-def find_table(model: onnx.ModelProto, table: np.ndarray) -> str:
-    """Name of the initializer that holds ``table`` (same shape and values)."""
-    for init in model.graph.initializer:
-        if tuple(init.dims) == table.shape and np.array_equal(numpy_helper.to_array(init), table):
-            return init.name
-    raise ExportError(f"the converted graph holds no initializer equal to a table of shape {table.shape}")
 
 
 def lookups(model: onnx.ModelProto, table_name: str) -> list[onnx.NodeProto]:
@@ -199,19 +191,27 @@ def collapse_index_chain(model: onnx.ModelProto, gather: onnx.NodeProto, input_d
     return source
 
 
-def add_mask_output(model: onnx.ModelProto, source: str, name: str, seq: int | str) -> None:
-    """Append the bool output ``name`` = ``source != PADDING_ID`` (ONNX has no NotEqual: Not(Equal))."""
+def add_mask_output(model: onnx.ModelProto, ids: str, name: str, dims: list[int | str]) -> None:
+    """Append the bool output ``name`` = ``ids != PADDING_ID`` (ONNX has no NotEqual: Not(Equal)).
+
+    ``ids`` is a graph input (int64), or an id tensor computed in the graph, of any integer type: that is
+    cast to int64 first.
+    """
     zero = "padding_id"
     if not any(init.name == zero for init in model.graph.initializer):
         model.graph.initializer.append(numpy_helper.from_array(np.array(PADDING_ID, np.int64), zero))
+    if ids not in {inp.name for inp in model.graph.input}:
+        cast = helper.make_node("Cast", [ids], [f"{name}/ids"], name=f"{name}/Cast", to=TensorProto.INT64)
+        model.graph.node.append(cast)
+        ids = f"{name}/ids"
     equal = f"{name}/is_padding"
     model.graph.node.extend(
         [
-            helper.make_node("Equal", [source, zero], [equal], name=f"{name}/Equal"),
+            helper.make_node("Equal", [ids, zero], [equal], name=f"{name}/Equal"),
             helper.make_node("Not", [equal], [name], name=f"{name}/Not"),
         ]
     )
-    model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.BOOL, ["batch", seq]))
+    model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.BOOL, dims))
 
 
 def rename(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -227,104 +227,6 @@ def rename(model: onnx.ModelProto, old: str, new: str) -> None:
             for i, name in enumerate(field):
                 if name == old:
                     field[i] = new
-
-
-def sequence_dim(input_name: str, lengths: dict[str, int | None]) -> int | str:
-    """The second axis of id input ``input_name``: its static length, else ``sequence`` when the model has
-    one input and ``<input>_sequence`` when it has several (so that their lengths may differ)."""
-    if lengths.get(input_name) is not None:
-        return int(lengths[input_name])  # type: ignore[arg-type]
-    return "sequence" if len(lengths) == 1 else f"{input_name}_sequence"
-
-
-def set_io_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
-    """Name the axes: inputs ``(batch, sequence_dim)``; outputs' first axis ``batch``."""
-    for inp in model.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        dims[0].Clear()
-        dims[0].dim_param = "batch"
-        dims[1].Clear()
-        seq = sequence_dim(inp.name, lengths)
-        if isinstance(seq, int):
-            dims[1].dim_value = seq
-        else:
-            dims[1].dim_param = seq
-    inferred = _inferred_output_dims(model)
-    for out in model.graph.output:
-        dims = out.type.tensor_type.shape.dim
-        better = inferred.get(out.name)
-        if better is not None and len(better) == len(dims):
-            for dim, new in zip(dims, better):
-                if dim.dim_param.startswith("unk__") and new is not None:
-                    dim.Clear()
-                    if isinstance(new, int):
-                        dim.dim_value = new
-                    else:
-                        dim.dim_param = new
-        if dims:
-            dims[0].Clear()
-            dims[0].dim_param = "batch"
-
-
-def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
-    """Name output axes that tf2onnx left as ``unk__N`` but that follow an input's sequence length.
-
-    Shape inference cannot see through RNN loops, so this asks the graph itself: it runs twice with
-    different, per-input distinct lengths (id 1 everywhere) and gives an unknown output axis the input's
-    sequence axis name when its size equals that input's length in both runs.
-    """
-    dynamic = [name for name, length in lengths.items() if length is None]
-    unknown = [
-        o
-        for o in model.graph.output
-        if any(d.dim_param.startswith("unk__") for d in o.type.tensor_type.shape.dim)
-    ]
-    if not dynamic or not unknown:
-        return
-    session = cpu_session(model)
-    names = [o.name for o in unknown]
-
-    def probe(spread: int) -> list[tuple[dict[str, int], list[tuple[int, ...]]]]:
-        runs = []
-        for base in (3, 4):
-            trial = {n: lengths[n] or base + spread * dynamic.index(n) for n in lengths}
-            feeds = {n: np.ones((2, length), np.int64) for n, length in trial.items()}
-            runs.append((trial, [r.shape for r in session.run(names, feeds)]))
-        return runs
-
-    try:
-        runs = probe(spread=10)
-    except Exception:  # inputs that must share a length (an Add of two lookups): probe them together
-        runs = probe(spread=0)
-    for i, out in enumerate(unknown):
-        for axis, dim in enumerate(out.type.tensor_type.shape.dim):
-            if not dim.dim_param.startswith("unk__"):
-                continue
-            match = [n for n in dynamic if all(shapes[i][axis] == trial[n] for trial, shapes in runs)]
-            if len(match) == 1:
-                dim.Clear()
-                dim.dim_param = str(sequence_dim(match[0], lengths))
-
-
-def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """Output dims as ONNX shape inference derives them from the named input axes (tf2onnx leaves
-    ``unk__N`` placeholders where TensorFlow did not know a dim)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for out in probe.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    try:
-        probe = onnx.shape_inference.infer_shapes(probe)
-    except Exception:  # inference is a nicety here; the original dims stay
-        return {}
-    found: dict[str, list[int | str | None]] = {}
-    for out in probe.graph.output:
-        if out.type.tensor_type.HasField("shape"):
-            found[out.name] = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in out.type.tensor_type.shape.dim
-            ]
-    return found
 
 
 def remove_dead(model: onnx.ModelProto) -> None:

@@ -10,22 +10,17 @@ from typing import Any
 import numpy as np
 import onnx
 
+from embed_runtime.contract import EmbeddingInfo
+
 from .convert import cpu_session
 from .errors import ExportError
-from .keras_model import EmbeddingLayer, KerasModelInfo, keras_outputs
+from .keras_model import KerasModelInfo, first_line
+from .lookups import MaskSource, check_lookups, keras_mask, match_inputs
+from .reference import KerasReference, KerasResult
 
 BATCH_SIZES = (1, 7, 32)
 DYNAMIC_LENGTHS = (1, 10, 37)
 PADDINGS = ("end", "start", "none")
-
-
-@dataclass(frozen=True)
-class MaskSource:
-    """Where a mask output comes from: the Embedding layer and the input whose ids it masks."""
-
-    output: str
-    embedding: EmbeddingLayer
-    input: str
 
 
 @dataclass
@@ -101,6 +96,7 @@ def compare(
     info: KerasModelInfo,
     session: Any,
     masks: Sequence[MaskSource],
+    embeddings: Sequence[EmbeddingInfo],
     input_dims: dict[str, int],
     atol: float,
     seed: int = 0,
@@ -108,43 +104,78 @@ def compare(
     """Compare the Keras model with an onnxruntime ``session`` of the exported graph on :func:`sample_feeds`.
 
     Raises :class:`ExportError` naming the output, case and difference when a float output differs by
-    more than ``atol`` (scaled up for float16 outputs) or a mask or other bool output differs anywhere.
+    more than ``atol`` (scaled up for float16 outputs) or a mask or other bool output differs anywhere,
+    and when the mask outputs or the metadata ``embeddings`` disagree with the lookups Keras makes
+    (:func:`exporters.lookups.check_lookups`). Keras runs once per group of cases of one shape
+    (:meth:`~exporters.reference.KerasReference.batched`); a case that differs there is compared again
+    with Keras called on it alone, which decides.
     """
     parity = Parity()
     names = list(info.output_names) + [m.output for m in masks]
-    masked = {m.output for m in masks}
-    for case, feeds in sample_feeds(_id_inputs(info, input_dims), seed):
-        got = dict(zip(names, session.run(names, feeds)))
-        want = keras_outputs(info, feeds)
-        for mask in masks:
-            want[mask.output] = np.asarray(mask.embedding.layer.compute_mask(feeds[mask.input]))
-        parity.cases += 1
-        for name in names:
-            expected, actual = want[name], got[name]
-            if expected.shape != actual.shape:
-                raise ExportError(
-                    f"output {name!r} has shape {actual.shape} in ONNX but {expected.shape} in Keras ({case})"
-                )
-            if expected.dtype == bool or actual.dtype == bool:
-                bad = int(np.count_nonzero(expected.astype(bool) != actual))
-                if bad:
-                    kind = "mask" if name in masked else "output"
-                    raise ExportError(f"{kind} {name!r} differs from Keras at {bad} positions ({case})")
-                if name not in masked:
-                    parity.max_abs_diff[name] = 0.0
-                continue
-            delta = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-            delta[np.isnan(actual) & np.isnan(expected)] = 0.0  # NaN where Keras has NaN too
-            diff = float(np.max(np.nan_to_num(delta, nan=np.inf), initial=0.0))
+    reference = KerasReference(info)
+    cases = list(sample_feeds(_id_inputs(info, input_dims), seed))
+    for (case, feeds), batched in zip(cases, reference.batched([feeds for _, feeds in cases])):
+        try:
+            got = dict(zip(names, session.run(names, feeds)))
+        except Exception as exc:  # onnxruntime's own exception types are private
+            raise ExportError(
+                f"onnxruntime failed to run the exported graph ({case}): {first_line(exc)}"
+            ) from None
+        check = (masks, embeddings, feeds, got, atol, case)
+        try:
+            diffs = _check_case(batched or reference(feeds), *check)
+        except ExportError:
+            if batched is None:
+                raise
+            diffs = _check_case(reference(feeds), *check)
+        for name, diff in diffs.items():
             parity.max_abs_diff[name] = max(parity.max_abs_diff.get(name, 0.0), diff)
-            limit = atol if expected.dtype != np.float16 else max(atol, 1e-2)
-            if diff > limit:
-                raise ExportError(
-                    f"output {name!r} differs from Keras by {diff:.3g} > tolerance {limit:g} ({case}); "
-                    "the graph was not written"
-                )
+        parity.cases += 1
     parity.equal_masks = [m.output for m in masks]  # each compared in every case; a difference raised
     return parity
+
+
+def _check_case(
+    keras: KerasResult,
+    masks: Sequence[MaskSource],
+    embeddings: Sequence[EmbeddingInfo],
+    feeds: dict[str, np.ndarray],
+    got: dict[str, np.ndarray],
+    atol: float,
+    case: str,
+) -> dict[str, float]:
+    """Check one case's lookups and outputs (``got``) against Keras's; returns the largest difference per
+    output other than a mask."""
+    want, calls = keras
+    lookups = match_inputs(calls, feeds)
+    check_lookups(lookups, masks, embeddings, case)
+    want = {**want, **{mask.output: keras_mask(mask, lookups, feeds) for mask in masks}}
+    masked = {m.output for m in masks}
+    diffs: dict[str, float] = {}
+    for name, actual in got.items():
+        expected = want[name]
+        if expected.shape != actual.shape:
+            raise ExportError(
+                f"output {name!r} has shape {actual.shape} in ONNX but {expected.shape} in Keras ({case})"
+            )
+        if expected.dtype == bool or actual.dtype == bool:
+            bad = int(np.count_nonzero(expected.astype(bool) != actual))
+            if bad:
+                kind = "mask" if name in masked else "output"
+                raise ExportError(f"{kind} {name!r} differs from Keras at {bad} positions ({case})")
+            if name not in masked:
+                diffs[name] = 0.0
+            continue
+        delta = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        delta[np.isnan(actual) & np.isnan(expected)] = 0.0  # NaN where Keras has NaN too
+        diffs[name] = float(np.max(np.nan_to_num(delta, nan=np.inf), initial=0.0))
+        limit = atol if expected.dtype != np.float16 else max(atol, 1e-2)
+        if diffs[name] > limit:
+            raise ExportError(
+                f"output {name!r} differs from Keras by {diffs[name]:.3g} > tolerance {limit:g} ({case}); "
+                "the graph was not written"
+            )
+    return diffs
 
 
 def check_rewrite(

@@ -1,22 +1,38 @@
 """``embed-runtime serve``: an Open Inference Protocol (KServe V2) HTTP server for exported models.
 
 Needs the ``serve`` extra (Starlette, uvicorn, prometheus-client). The runtime's CLI imports this package
-only when the ``serve`` subcommand runs, and calls :func:`add_arguments` and :func:`main`; ``python -m
-embed_runtime.serve`` does the same on its own.
+only when the ``serve`` subcommand runs, and calls :func:`add_arguments` and :func:`main` through
+:func:`embed_runtime.cli_common.run_command` (``--providers``/``--threads`` and the one-line error with
+exit status 1 are shared with ``run``, ``info`` and ``bench``); ``python -m embed_runtime.serve`` does
+the same on its own. The package:
+
+* here: the options, model naming (:func:`model_specs`) and :func:`main` (load, then run uvicorn);
+* :mod:`~embed_runtime.serve.app`: the Starlette app, its V2 endpoints and :class:`ServeConfig`;
+* :mod:`~embed_runtime.serve.protocol`: reading a V2 request's header (strict JSON, shapes, datatypes);
+* :mod:`~embed_runtime.serve.limits`: the per-model request :class:`Limits`, checked before the data is
+  decoded or the model runs;
+* :mod:`~embed_runtime.serve.codec`: decoding tensor data (JSON and binary) and encoding responses;
+* :mod:`~embed_runtime.serve.compression`: gzip/deflate request bodies;
+* :mod:`~embed_runtime.serve.metrics` and :mod:`~embed_runtime.serve.access_log`: Prometheus metrics and
+  the one-line-per-request log.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from embed_runtime import ConfigurationError, load
+from embed_runtime.cli_common import add_session_arguments
 from embed_runtime.serve.app import ServeConfig, create_app
+from embed_runtime.serve.limits import Limits
 
-__all__ = ["ServeConfig", "add_arguments", "create_app", "main", "model_specs"]
+__all__ = ["Limits", "ServeConfig", "add_arguments", "create_app", "limits_from_args", "main", "model_specs"]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -35,8 +51,8 @@ def model_specs(specs: list[str]) -> dict[str, Path]:
     """Model name to path from ``PATH`` or ``NAME=PATH`` arguments.
 
     A bare path is named after its file stem, or after its folder when the file is ``model.onnx``
-    (Triton's ``<name>/model.onnx`` and ``<name>/<version>/model.onnx`` layouts). Raises ``ValueError`` on
-    an invalid or duplicate name.
+    (Triton's ``<name>/model.onnx`` and ``<name>/<version>/model.onnx`` layouts). Raises
+    :class:`~embed_runtime.ConfigurationError` (a ``ValueError``) on an invalid or duplicate name.
     """
     models: dict[str, Path] = {}
     for spec in specs:
@@ -47,12 +63,12 @@ def model_specs(specs: list[str]) -> dict[str, Path]:
         else:
             path = Path(path_text)
         if not _NAME.fullmatch(name):
-            raise ValueError(
+            raise ConfigurationError(
                 f"model name {name!r} (from {spec!r}) must be letters, digits, '_', '-' or '.'; "
                 "give one with NAME=PATH"
             )
         if name in models:
-            raise ValueError(
+            raise ConfigurationError(
                 f"two models are named {name!r} ({models[name]} and {path}); name them with NAME=PATH"
             )
         models[name] = path
@@ -74,6 +90,48 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     return parse
 
 
+def _per_model(kind: type[int] | type[float]) -> Callable[[str], tuple[str | None, int | float]]:
+    """An argparse ``type`` for ``N`` (every model) or ``NAME=N`` (one model), N above zero."""
+    number = _positive(kind)
+
+    def parse(text: str) -> tuple[str | None, int | float]:
+        name, sep, value = text.rpartition("=")
+        return (name if sep else None), number(value)
+
+    return parse
+
+
+# flag, Limits field, bytes per unit of the flag, help
+_LIMIT_FLAGS = (
+    ("--max-batch", "max_batch", 1, "most rows (axis 0) in each input of one request"),
+    ("--max-ids", "max_ids", 1, "most ids (elements of all inputs) in one request"),
+    (
+        "--max-output-mb",
+        "max_output_bytes",
+        2**20,
+        "most MiB of outputs in one response (JSON counted at its longest)",
+    ),
+)
+
+
+def limits_from_args(args: argparse.Namespace) -> tuple[Limits, dict[str, Limits]]:
+    """The default :class:`Limits` and those of the models given with ``NAME=N``, from the limit options.
+
+    Raises :class:`~embed_runtime.ConfigurationError` for a value given twice or out of range.
+    """
+    defaults: dict[str, int] = {}
+    per_model: dict[str, dict[str, int]] = {}
+    for flag, field_name, unit, _ in _LIMIT_FLAGS:
+        for name, value in getattr(args, field_name) or []:
+            target = defaults if name is None else per_model.setdefault(name, {})
+            if field_name in target:
+                whom = "every model" if name is None else f"model {name!r}"
+                raise ConfigurationError(f"{flag} is given twice for {whom}")
+            target[field_name] = int(value * unit)
+    base = Limits(**defaults)
+    return base, {name: dataclasses.replace(base, **values) for name, values in per_model.items()}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``."""
     defaults = ServeConfig()
@@ -85,19 +143,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    parser.add_argument(
-        "--providers",
-        default="auto",
-        help="'auto' (best available, CPU last) or a comma-separated list such as 'cuda,cpu' (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--threads", type=_positive(int), default=None, help="onnxruntime intra-op threads per model"
+    add_session_arguments(
+        parser, threads_help="onnxruntime intra-op threads per model (default: onnxruntime's)"
     )
     parser.add_argument(
         "--max-concurrency",
         type=_positive(int),
         default=defaults.max_concurrency,
-        help="requests decoded and run at the same time; others wait (default: %(default)s)",
+        help="requests decoded and run at the same time; twice as many are admitted, the others wait "
+        "before their body is read (default: %(default)s)",
     )
     parser.add_argument(
         "--max-body-mb",
@@ -105,6 +159,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_body_bytes / 2**20,
         help="largest request body in MiB; larger ones get 413 (default: %(default)s)",
     )
+    for flag, field_name, unit, what in _LIMIT_FLAGS:
+        parser.add_argument(
+            flag,
+            dest=field_name,
+            action="append",
+            type=_per_model(float if unit > 1 else int),
+            metavar="[NAME=]N",
+            help=f"{what}: N for every model, NAME=N for one (repeatable; default: "
+            f"{getattr(defaults.limits, field_name) // unit}); more get 413",
+        )
     parser.add_argument(
         "--graceful-timeout",
         type=float,
@@ -120,7 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _log_config(level: str) -> dict:
+def _log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging setup plus a stdout handler for the ``embed_runtime`` loggers."""
     from uvicorn.config import LOGGING_CONFIG
 
@@ -139,27 +203,24 @@ def _log_config(level: str) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Load the models and serve them until SIGINT/SIGTERM; returns the exit status."""
+    """Load the models and serve them until SIGINT/SIGTERM; returns the exit status.
+
+    Raises :class:`~embed_runtime.EmbedRuntimeError` (a bad model name or limit, a model that does not
+    load, a provider that is not available) before the server starts.
+    """
     import uvicorn
 
-    import embed_runtime
-    from embed_runtime.errors import EmbedRuntimeError
-
-    try:
-        paths = model_specs(args.models)
-        text = args.providers.strip()
-        providers = "auto" if text.lower() == "auto" else [p.strip() for p in text.split(",") if p.strip()]
-        models = {
-            name: embed_runtime.load(path, providers=providers, threads=args.threads)
-            for name, path in paths.items()
-        }
-    except (ValueError, EmbedRuntimeError) as exc:
-        print(f"embed-runtime serve: {exc}", file=sys.stderr)
-        return 2
+    limits, model_limits = limits_from_args(args)
+    models = {
+        name: load(path, providers=args.providers, threads=args.threads)
+        for name, path in model_specs(args.models).items()
+    }
     config = ServeConfig(
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_concurrency=args.max_concurrency,
         access_log=not args.no_access_log,
+        limits=limits,
+        model_limits=model_limits,
     )
     server = uvicorn.Server(
         uvicorn.Config(

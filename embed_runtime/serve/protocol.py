@@ -1,4 +1,4 @@
-"""Codec for the Open Inference Protocol (KServe V2) with Triton's binary tensor data extension.
+"""The Open Inference Protocol (KServe V2) request header, with Triton's binary tensor data extension.
 
 A request body is a JSON object, optionally followed by raw tensor bytes: the ``Inference-Header-Content-Length``
 header then gives the JSON's length, and each binary input carries ``parameters.binary_data_size``; the raw
@@ -6,16 +6,19 @@ blocks follow the JSON in input order. Outputs go back the same way when asked w
 output) or ``binary_data_output`` (per request). Tensors are little-endian and row-major; ``BOOL`` is one
 byte per element.
 
-Everything here is pure (bytes in, arrays out and back), so it can run in a worker thread.
+:func:`parse_infer_request` reads the JSON and checks its structure, shapes and datatypes but decodes no
+tensor data, so that the server can hold a request against its limits before any real work;
+:mod:`~embed_runtime.serve.codec` then decodes the data and encodes the response. The JSON is strict
+(RFC 8259): ``NaN`` and ``Infinity`` are refused, and so are nesting and integer literals too large to
+read. Everything here is pure (bytes in, objects out), so it can run in a worker thread.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -37,9 +40,14 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
 
 _NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
 
-# numpy kinds a JSON array may decode to for each kind of target dtype: JSON integers for integer
-# tensors, JSON numbers for float tensors, JSON true/false for BOOL.
-_ALLOWED_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+MAX_RANK = 32
+"""Most axes a tensor may have (numpy's own limit is 64; an id input has 2)."""
+
+MAX_AXIS = 2**63 - 1
+"""Longest axis the protocol can state (shapes are int64 in V2)."""
+
+MAX_NAME_LENGTH = 1024
+"""Longest request ``id`` (echoed in the response) and input or output name (quoted in errors)."""
 
 
 class ProtocolError(Exception):
@@ -49,9 +57,15 @@ class ProtocolError(Exception):
 
 
 class PayloadTooLargeError(ProtocolError):
-    """A request body over the server's size limit."""
+    """A request over one of the server's size limits."""
 
     status = 413
+
+
+class UnrepresentableError(ProtocolError):
+    """A result the requested encoding cannot carry (non-finite floats in JSON)."""
+
+    status = 422
 
 
 def v2_datatype(dtype: np.dtype) -> str:
@@ -64,25 +78,45 @@ def v2_datatype(dtype: np.dtype) -> str:
 
 @dataclass(frozen=True)
 class RequestedOutput:
-    """One entry of a request's ``outputs``: the output name and whether it goes back as raw bytes."""
+    """One entry of a request's ``outputs``: the output name and whether it goes back as raw bytes
+    (``None``: the entry does not say, the request's ``binary_data_output`` applies)."""
 
     name: str
-    binary: bool
+    binary: bool | None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One entry of a request's ``inputs``, checked but not decoded.
+
+    Attributes:
+        name: the input name.
+        dtype: the numpy dtype of its V2 datatype.
+        shape: its shape.
+        data: the JSON ``data`` value, or ``None`` for binary data.
+        binary: where its raw bytes lie in the body (``None`` for JSON data); their size matches the shape.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    data: Any
+    binary: slice | None
 
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A decoded inference request.
+    """An inference request's header.
 
     Attributes:
         id: the request's ``id``, echoed in the response, or ``None``.
-        inputs: input name to array, in request order.
-        outputs: the requested outputs, or ``None`` for all of the model's outputs.
+        inputs: the inputs, in request order (names are unique).
+        outputs: the requested outputs (names are unique), or ``None`` for all of the model's outputs.
         binary_output: the request's ``binary_data_output`` parameter, the default for outputs sent back.
     """
 
     id: str | None
-    inputs: dict[str, np.ndarray]
+    inputs: tuple[InputSpec, ...]
     outputs: tuple[RequestedOutput, ...] | None
     binary_output: bool
 
@@ -96,18 +130,37 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
 def _parse_bool_parameter(params: dict[str, Any], key: str, what: str) -> bool | None:
     value = params.get(key)
     if value is not None and not isinstance(value, bool):
-        raise ProtocolError(f"{what}: parameter {key!r} must be true or false, found {value!r}")
+        raise ProtocolError(f"{what}: parameter {key!r} must be true or false, found {short_text(value)}")
     return value
 
 
 def _parse_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_AXIS for d in shape):
         raise ProtocolError(
-            f"input {name!r}: 'shape' must be a list of non-negative integers, found {shape!r}"
+            f"input {name!r}: 'shape' must be a list of non-negative integers below 2**63, found "
+            + short_text(shape)
         )
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(f"input {name!r}: 'shape' has {len(shape)} axes; at most {MAX_RANK} are allowed")
     return tuple(shape)
+
+
+def short_text(value: Any, as_json: bool = False, limit: int = 60) -> str:
+    """``value`` as JSON or ``repr``, cut to ``limit`` characters, for an error message."""
+    try:
+        text = json.dumps(value) if as_json else repr(value)
+    except RecursionError:  # nested almost as deep as the parser allows
+        return f"a {type(value).__name__} nested too deeply to show"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _name(value: Any, what: str) -> str:
+    """A string of at most :data:`MAX_NAME_LENGTH` characters."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a string, found {short_text(value)}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ProtocolError(f"{what} has {len(value):,} characters; at most {MAX_NAME_LENGTH} are allowed")
+    return value
 
 
 def _numpy_dtype(name: str, datatype: Any) -> np.dtype:
@@ -116,60 +169,8 @@ def _numpy_dtype(name: str, datatype: Any) -> np.dtype:
     except (KeyError, TypeError):
         known = ", ".join(V2_TO_NUMPY)
         raise ProtocolError(
-            f"input {name!r}: unsupported datatype {datatype!r}; supported: {known}"
+            f"input {name!r}: unsupported datatype {short_text(datatype)}; supported: {known}"
         ) from None
-
-
-def _decode_json_data(name: str, dtype: np.dtype, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """A tensor from a JSON ``data`` array (flat or nested, row-major), checked against dtype and shape."""
-    count = math.prod(shape)
-    if not isinstance(data, list):
-        data = [data]
-    try:
-        arr = np.array(data)
-    except (ValueError, OverflowError):
-        raise ProtocolError(f"input {name!r}: 'data' is a ragged nested list") from None
-    if arr.size != count:
-        raise ProtocolError(
-            f"input {name!r}: shape {list(shape)} holds {count} elements but 'data' has {arr.size}"
-        )
-    if count == 0:
-        return np.zeros(shape, dtype)
-    if arr.dtype.kind not in _ALLOWED_JSON_KINDS[dtype.kind]:
-        raise ProtocolError(
-            f"input {name!r}: 'data' does not match datatype {v2_datatype(dtype)} (found {_describe(arr)})"
-        )
-    if dtype.kind in "iu" and not np.can_cast(arr.dtype, dtype):
-        info = np.iinfo(dtype)
-        low, high = int(arr.min()), int(arr.max())
-        if low < info.min or high > info.max:
-            raise ProtocolError(
-                f"input {name!r}: value {low if low < info.min else high} does not fit {v2_datatype(dtype)}"
-            )
-    return arr.astype(dtype, copy=False).reshape(shape)
-
-
-def _describe(arr: np.ndarray) -> str:
-    kinds = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings"}
-    return kinds.get(arr.dtype.kind, "mixed, non-numeric or too large values")
-
-
-def _decode_binary_data(
-    name: str, dtype: np.dtype, shape: tuple[int, ...], raw: memoryview, size: int
-) -> np.ndarray:
-    """A tensor from ``size`` raw little-endian bytes, which must be exactly what ``shape`` needs."""
-    count = math.prod(shape)
-    if size != count * dtype.itemsize:
-        raise ProtocolError(
-            f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
-            f"{v2_datatype(dtype)} needs {count * dtype.itemsize}"
-        )
-    if dtype.kind == "b":
-        return (np.frombuffer(raw, dtype=np.uint8, count=count) != 0).reshape(shape)
-    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count).reshape(shape)
-    if not arr.flags.aligned or not arr.dtype.isnative:
-        arr = arr.astype(dtype)
-    return arr
 
 
 def _parse_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
@@ -177,24 +178,89 @@ def _parse_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
         return None
     if not isinstance(value, list):
         raise ProtocolError(f"'outputs' must be a list, found {type(value).__name__}")
-    outputs = []
+    outputs: dict[str, RequestedOutput] = {}
     for entry in value:
         entry = _dict(entry, "each entry of 'outputs'")
-        name = entry.get("name")
-        if not isinstance(name, str):
-            raise ProtocolError(f"each entry of 'outputs' needs a string 'name', found {name!r}")
+        name = _name(entry.get("name"), "the 'name' of each entry of 'outputs'")
+        if name in outputs:
+            raise ProtocolError(f"output {name!r} is requested twice in 'outputs'; name each output once")
         params = _dict(entry.get("parameters", {}), f"output {name!r}: 'parameters'")
         if "classification" in params:
             raise ProtocolError(f"output {name!r}: the classification extension is not supported")
-        binary = _parse_bool_parameter(params, "binary_data", f"output {name!r}")
-        outputs.append(RequestedOutput(name, binary))
-    return tuple(outputs)
+        outputs[name] = RequestedOutput(
+            name, _parse_bool_parameter(params, "binary_data", f"output {name!r}")
+        )
+    return tuple(outputs.values())
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Decode an infer request body; ``header_length`` is the ``Inference-Header-Content-Length`` header.
+def _refuse_constant(name: str) -> NoReturn:
+    raise ProtocolError(f"request body is not valid JSON: {name} is not a JSON number; send finite numbers")
 
-    Raises :class:`ProtocolError` naming what is wrong.
+
+def count_json_values(body: bytes | bytearray, end: int) -> int:
+    """An upper bound of the values (array items, object keys and values) in ``body[:end]``: each one
+    but the outermost follows a ``[``, ``{``, ``,`` or ``:`` (characters inside strings count too)."""
+    return 1 + sum(body.count(c, 0, end) for c in (b"[", b"{", b",", b":"))
+
+
+def _loads(text: bytes | bytearray) -> Any:
+    """Strict JSON: no ``NaN``/``Infinity``; nesting and integer literals too large to read give 400."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"request body is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            "request JSON is nested too deeply to read (a V2 request needs a few levels plus one per "
+            "tensor axis)"
+        ) from None
+    except ValueError:  # what is left: an integer literal over Python's digit limit
+        raise ProtocolError(
+            f"request JSON has an integer literal longer than {sys.get_int_max_str_digits()} digits; "
+            "tensor values must fit their datatype"
+        ) from None
+
+
+def _parse_input(entry: Any, offset: int, body_length: int) -> InputSpec:
+    entry = _dict(entry, "each entry of 'inputs'")
+    name = _name(entry.get("name"), "the 'name' of each entry of 'inputs'")
+    shape = _parse_shape(name, entry.get("shape"))
+    dtype = _numpy_dtype(name, entry.get("datatype"))
+    size = _dict(entry.get("parameters", {}), f"input {name!r}: 'parameters'").get("binary_data_size")
+    if size is None:
+        if "data" not in entry:
+            raise ProtocolError(f"input {name!r} has neither 'data' nor a 'binary_data_size' parameter")
+        return InputSpec(name, dtype, shape, entry["data"], None)
+    if "data" in entry:
+        raise ProtocolError(f"input {name!r} has both 'data' and a 'binary_data_size' parameter")
+    if type(size) is not int or size < 0:
+        raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer")
+    if offset + size > body_length:
+        raise ProtocolError(
+            f"input {name!r}: binary_data_size is {size} bytes but only {body_length - offset} "
+            "bytes of binary data are left in the body"
+        )
+    count = 1
+    for d in shape:
+        count *= d
+    if size != count * dtype.itemsize:
+        raise ProtocolError(
+            f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
+            f"{v2_datatype(dtype)} needs {count * dtype.itemsize}"
+        )
+    return InputSpec(name, dtype, shape, None, slice(offset, offset + size))
+
+
+def parse_infer_request(
+    body: bytes | bytearray, header_length: int | None, max_json_values: int | None = None
+) -> InferRequest:
+    """Read an infer request's header; ``header_length`` is the ``Inference-Header-Content-Length`` header.
+
+    ``max_json_values`` bounds the JSON before it is parsed (by :func:`count_json_values`), so that
+    parsing takes memory in proportion to what the server admits. Raises :class:`ProtocolError` naming
+    what is wrong (:class:`PayloadTooLargeError` for JSON over ``max_json_values``).
     """
     if header_length is None:
         header_length = len(body)
@@ -202,85 +268,41 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         raise ProtocolError(
             f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
         )
-    view = memoryview(body)
-    try:
-        request = json.loads(view[:header_length].tobytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
-    request = _dict(request, "the request")
+    if max_json_values is not None:
+        values = count_json_values(body, header_length)
+        if values > max_json_values:
+            raise PayloadTooLargeError(
+                f"the request's JSON holds up to {values:,} values (array items, keys and values); "
+                f"this model accepts at most {max_json_values:,} (its id limit, one list per row and room "
+                "for the other fields); send fewer ids or binary tensor data"
+            )
+    request = _dict(
+        _loads(body if header_length == len(body) else memoryview(body)[:header_length].tobytes()),
+        "the request",
+    )
     params = _dict(request.get("parameters", {}), "request 'parameters'")
     binary_output = bool(_parse_bool_parameter(params, "binary_data_output", "request"))
     request_id = request.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError(f"'id' must be a string, found {request_id!r}")
+    if request_id is not None:
+        request_id = _name(request_id, "'id'")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("the request needs a non-empty 'inputs' list")
 
-    inputs: dict[str, np.ndarray] = {}
+    inputs: dict[str, InputSpec] = {}
     offset = header_length
     for entry in raw_inputs:
-        entry = _dict(entry, "each entry of 'inputs'")
-        name = entry.get("name")
-        if not isinstance(name, str):
-            raise ProtocolError(f"each entry of 'inputs' needs a string 'name', found {name!r}")
-        if name in inputs:
-            raise ProtocolError(f"input {name!r} appears twice")
-        shape = _parse_shape(name, entry.get("shape"))
-        dtype = _numpy_dtype(name, entry.get("datatype"))
-        in_params = _dict(entry.get("parameters", {}), f"input {name!r}: 'parameters'")
-        size = in_params.get("binary_data_size")
-        if size is None:
-            if "data" not in entry:
-                raise ProtocolError(f"input {name!r} has neither 'data' nor a 'binary_data_size' parameter")
-            inputs[name] = _decode_json_data(name, dtype, shape, entry["data"])
-            continue
-        if "data" in entry:
-            raise ProtocolError(f"input {name!r} has both 'data' and a 'binary_data_size' parameter")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer")
-        if offset + size > len(body):
-            raise ProtocolError(
-                f"input {name!r}: binary_data_size is {size} bytes but only {len(body) - offset} "
-                "bytes of binary data are left in the body"
-            )
-        inputs[name] = _decode_binary_data(name, dtype, shape, view[offset : offset + size], size)
-        offset += size
+        spec = _parse_input(entry, offset, len(body))
+        if spec.name in inputs:
+            raise ProtocolError(f"input {spec.name!r} appears twice")
+        inputs[spec.name] = spec
+        if spec.binary is not None:
+            offset = spec.binary.stop
     if offset != len(body):
         raise ProtocolError(
             f"the body has {len(body) - offset} bytes after the JSON header that no input's "
             "binary_data_size accounts for"
         )
-    return InferRequest(request_id, inputs, _parse_outputs(request.get("outputs")), binary_output)
-
-
-def encode_infer_response(
-    model_name: str,
-    model_version: str,
-    request_id: str | None,
-    outputs: Sequence[tuple[str, np.ndarray, bool]],
-) -> tuple[bytes, int | None]:
-    """Encode ``(name, array, binary)`` outputs as a V2 response body.
-
-    Returns the body and, when any output is binary, the JSON header's length for the
-    ``Inference-Header-Content-Length`` response header (else ``None``).
-    """
-    entries = []
-    blobs = []
-    for name, arr, binary in outputs:
-        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype), "shape": list(arr.shape)}
-        if binary:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            entry["data"] = arr.ravel().tolist()
-        entries.append(entry)
-    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        response["id"] = request_id
-    response["outputs"] = entries
-    header = json.dumps(response, separators=(",", ":")).encode()
-    if not blobs:
-        return header, None
-    return b"".join([header, *blobs]), len(header)
+    return InferRequest(
+        request_id, tuple(inputs.values()), _parse_outputs(request.get("outputs")), binary_output
+    )

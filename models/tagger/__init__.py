@@ -4,9 +4,9 @@
 per position, shape ``(batch, sequence, 4)``. Dynamic sequence length.
 
 The tf-keras variant wraps the output layer in ``TimeDistributed(Dense)``. The Keras 3 variant applies
-``Dense`` to the 3-D tensor directly (the same function): Keras 3 ``TimeDistributed`` with a dynamic
-sequence length is mistranslated by tf2onnx (output shape ``(batch, batch, 4)``), which the exporter's
-verification catches and refuses to write.
+``Dense`` to the 3-D tensor directly (the same function); it was written when Keras 3 ``TimeDistributed``
+over a dynamic length could not be exported, and stays so that the committed artifact stays the same
+(that case now exports: ``tests/export/test_export.py``).
 """
 
 from models import InputInfo, ModelInfo

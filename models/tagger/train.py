@@ -33,8 +33,8 @@ DATA = partial(tag_data, samples=384, length=16)
 def build(flavour: str, seed: int) -> Any:
     """``Embedding(mask_zero=True) -> Bidirectional(GRU(return_sequences=True)) -> Dense(softmax)``.
 
-    tf-keras uses ``TimeDistributed(Dense)``; Keras 3 uses ``Dense`` on the 3-D tensor because tf2onnx
-    mistranslates Keras 3 ``TimeDistributed`` when the sequence length is dynamic.
+    tf-keras uses ``TimeDistributed(Dense)``; Keras 3 uses ``Dense`` on the 3-D tensor, the same function
+    (see ``models/tagger/__init__.py`` for why).
     """
     k = keras_module(flavour)
     ids = k.Input(shape=(None,), dtype="int64", name="token_ids")

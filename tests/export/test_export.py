@@ -173,15 +173,25 @@ def test_mask_consumers_match_keras_on_padded_input(flavour, kind, request, tmp_
         assert report.outputs[0][2][:2] == ["batch", "sequence"]
 
 
-def test_keras3_dynamic_time_distributed_mistranslation_is_caught(k3, tmp_path):
-    """tf2onnx turns Keras 3's TimeDistributed over a dynamic length into a wrong-shaped graph; the
-    export-time check must refuse it and leave no file behind."""
+@pytest.mark.parametrize("then", ["", "gru"])
+def test_keras3_time_distributed_over_a_dynamic_length(k3, then, tmp_path):
+    """Keras 3 traces TimeDistributed over a dynamic length into a graph that maps its layer over the batch
+    size instead of the time steps (so tf2onnx's graph had wrong shapes); the exporter traces it with the
+    batch and time axes merged, and the graph matches Keras at lengths the parity check never ran."""
     ids_in = k3.Input((None,), dtype="int32")
     x = k3.layers.Embedding(40, 6, mask_zero=True)(ids_in)
-    model = k3.Model(ids_in, k3.layers.TimeDistributed(k3.layers.Dense(3))(x))
-    with pytest.raises(ExportError, match="shape"):
-        export_keras(model, tmp_path / "m.onnx")
-    assert list(tmp_path.iterdir()) == []
+    x = k3.layers.TimeDistributed(k3.layers.Dense(3))(x)
+    if then:
+        x = k3.layers.GRU(2, return_sequences=True)(x)  # consumes the mask TimeDistributed passes on
+    model = k3.Model(ids_in, x)
+    report = export_keras(model, tmp_path / "m.onnx")
+    assert report.outputs[0][2] == ["batch", "sequence", 3 if not then else 2]
+    rng = np.random.default_rng(0)
+    for batch, length in [(3, 2), (1, 5), (4, 50)]:
+        ids = rng.integers(0, 40, (batch, length))
+        ids[:, -1] = 0  # padding at the end
+        out = run(tmp_path / "m.onnx", {"input_ids": ids})[report.outputs[0][0]]
+        np.testing.assert_allclose(out, np.asarray(model(ids)), atol=1e-6)
 
 
 def test_reloaded_keras_file_and_tf_keras_formats(k3, tfk, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -65,16 +66,19 @@ def test_big_table_goes_to_external_data_with_the_normal_graph(flavour, mask_zer
     normal = export_keras(model, tmp_path / "normal" / "m.onnx")
     assert normal.external_data is None
 
-    assert leftovers(tmp_path / "big") == ["m.onnx", "m.onnx.data"]
+    assert big.external_data is not None
+    data_name = big.external_data.name  # named after its contents
+    assert data_name == f"m.onnx.{hashlib.sha256(big.external_data.read_bytes()).hexdigest()[:16]}.data"
+    assert leftovers(tmp_path / "big") == ["m.onnx", data_name]
     assert leftovers(tmp_path / "normal") == ["m.onnx"]
-    assert big.external_data == tmp_path / "big" / "m.onnx.data"
+    assert big.external_data == tmp_path / "big" / data_name
     graph = graph_of(tmp_path / "big" / "m.onnx")
     assert shape_of(graph) == shape_of(graph_of(tmp_path / "normal" / "m.onnx"))
     ops = sorted(n.op_type for n in graph.node)
     assert ops == (["Equal", "Gather", "Not"] if mask_zero else ["Gather"])
     refs = external(graph)
     (ref,) = refs.values()
-    assert ref["location"] == "m.onnx.data"  # relative: the pair can be moved together
+    assert ref["location"] == data_name  # relative: the pair can be moved together
     assert int(ref["offset"]) % large.ALIGNMENT == 0
     assert int(ref["length"]) == 5000 * 8 * 4
     assert big.file_bytes < 4096  # the .onnx holds no table bytes
@@ -105,7 +109,8 @@ def test_two_big_tables_and_a_small_one(k3, tmp_path):
     graph = graph_of(tmp_path / "towers.onnx")
     refs = external(graph)
     assert sorted(refs) == ["item_tower.embeddings", "user_tower.embeddings"]
-    assert {r["location"] for r in refs.values()} == {"towers.onnx.data"}
+    assert report.external_data is not None
+    assert {r["location"] for r in refs.values()} == {report.external_data.name}
     assert all(int(r["offset"]) % large.ALIGNMENT == 0 for r in refs.values())
     spans = sorted((int(r["offset"]), int(r["offset"]) + int(r["length"])) for r in refs.values())
     assert spans[0][1] <= spans[1][0]  # no overlap
@@ -137,7 +142,7 @@ def test_float16_table(flavour, request, tmp_path):
     (name,) = external(graph)
     table = next(i for i in graph.initializer if i.name == name)
     assert table.data_type == onnx.TensorProto.FLOAT16
-    assert os.path.getsize(tmp_path / "m.onnx.data") == 4000 * 8 * 2
+    assert report.external_data is not None and os.path.getsize(report.external_data) == 4000 * 8 * 2
     assert report.parity is not None and report.parity.worst == 0.0
     ids = np.array([[1, 3999, 0]], np.int64)
     got = run(tmp_path / "m.onnx", {"input_ids": ids})[report.outputs[0][0]]
@@ -158,7 +163,8 @@ def test_env_var_and_cli_flag(k3, tmp_path, monkeypatch):
         main([str(tmp_path / "m.keras"), "-o", str(tmp_path / "cli.onnx"), "--external-data-threshold", "1K"])
         == 0
     )
-    assert (tmp_path / "cli.onnx.data").stat().st_size == 3000 * 8 * 4
+    (cli_data,) = tmp_path.glob("cli.onnx.*.data")
+    assert cli_data.stat().st_size == 3000 * 8 * 4
     assert (
         main([str(tmp_path / "m.keras"), "-o", str(tmp_path / "x.onnx"), "--external-data-threshold", "lots"])
         == 1
@@ -197,12 +203,12 @@ def test_nothing_left_behind_on_failure(where, k3, tmp_path, monkeypatch):
 def test_failed_export_keeps_the_previous_pair(k3, tmp_path, monkeypatch):
     model = k3.Sequential([k3.Input((None,), dtype="int64"), k3.layers.Embedding(5000, 8)])
     export_keras(model, tmp_path / "m.onnx", external_data_threshold=TINY)
-    before = {p: (tmp_path / p).read_bytes() for p in ("m.onnx", "m.onnx.data")}
+    before = {p: (tmp_path / p).read_bytes() for p in leftovers(tmp_path)}
     monkeypatch.setattr(large, "iter_rows", lambda *a, **k: iter([np.zeros(3, np.float32)]))
     with pytest.raises(ExportError, match="expected"):
         export_keras(model, tmp_path / "m.onnx", external_data_threshold=TINY)
     assert {p: (tmp_path / p).read_bytes() for p in before} == before
-    assert leftovers(tmp_path) == ["m.onnx", "m.onnx.data"]
+    assert leftovers(tmp_path) == sorted(before)
 
 
 def test_stand_in_row_count_left_in_the_graph_is_refused():
@@ -300,5 +306,54 @@ def test_table_over_2gb_for_real(k3, tmp_path):
         assert loaded["shape"] == [1, 2, SLOW_DIM]
         assert loaded["rss"] < 300 << 20, loaded  # the 2.2 GB table is memory-mapped, not read
     finally:
-        for p in (out, tmp_path / "huge.onnx.data"):
+        for p in (out, *tmp_path.glob("huge.onnx.*.data")):
             p.unlink(missing_ok=True)
+
+
+# --- replacing a model (issue 16): content-named data files, the .onnx renamed last, old data unlinked
+
+
+def small_model(k3, seed: int):
+    """Embedding(5000, 8) whose table is ``np.random.default_rng(seed)`` normals: the expected rows are
+    known without the exporter."""
+    model = k3.Sequential([k3.Input((None,), dtype="int64"), k3.layers.Embedding(5000, 8)])
+    table = np.random.default_rng(seed).standard_normal((5000, 8)).astype(np.float32)
+    model.layers[0].embeddings.assign(table)
+    return model, table
+
+
+def test_reexport_leaves_a_loaded_model_and_its_mapped_file_alone(k3, tmp_path):
+    """A runtime holding the old model keeps its results; the file it maps is never truncated or written."""
+    import mmap
+
+    import embed_runtime
+
+    path = tmp_path / "m.onnx"
+    ids = np.array([[0, 1, 4999], [2500, 17, 3]], np.int64)
+    model, first = small_model(k3, seed=1)
+    report = export_keras(model, path, external_data_threshold=TINY)
+    old, name = report.external_data, report.outputs[0][0]
+    rt = embed_runtime.load(path, providers="cpu")
+    np.testing.assert_array_equal(rt.run(ids)[name], first[ids])
+    with open(old, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        snapshot = bytes(mapped)
+        model.layers[0].embeddings.assign(first[::-1].copy())  # other rows, same size
+        new = export_keras(model, path, external_data_threshold=TINY).external_data
+        assert new is not None and new != old and new.stat().st_ino != os.fstat(f.fileno()).st_ino
+        assert os.fstat(f.fileno()).st_nlink == 0  # the old data file was unlinked, not rewritten:
+        assert os.fstat(f.fileno()).st_size == len(snapshot) and bytes(mapped) == snapshot
+    assert leftovers(tmp_path) == ["m.onnx", new.name]
+    np.testing.assert_array_equal(rt.run(ids)[name], first[ids])
+    np.testing.assert_array_equal(embed_runtime.load(path, providers="cpu").run(ids)[name], first[::-1][ids])
+
+
+def test_the_onnx_records_its_data_file(k3, tmp_path):
+    model, _ = small_model(k3, seed=2)
+    report = export_keras(model, tmp_path / "m.onnx", external_data_threshold=TINY)
+    props = {
+        p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).metadata_props
+    }
+    (record,) = json.loads(props["embed_runtime.external_data"])
+    data = report.external_data.read_bytes()
+    assert record["location"] == report.external_data.name
+    assert record["bytes"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()

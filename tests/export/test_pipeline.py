@@ -55,3 +55,39 @@ def test_report_says_masks_equal_only_when_masks_were_compared(k3, tmp_path):
     report = export_keras(masked, tmp_path / "masked.onnx")
     assert report.parity is not None and report.parity.equal_masks == ["mask"]
     assert "; masks equal" in str(report)
+
+
+@pytest.mark.parametrize("length", [None, 6])
+def test_parity_check_calls_keras_once_per_length_and_still_checks_every_case(
+    k3, length, monkeypatch, tmp_path
+):
+    """Issue 11, item 7: the 27 cases of one length go to Keras as one batch (one eager call per length),
+    and each case is still compared on its own."""
+    from exporters.reference import KerasReference
+
+    calls = []
+    original = KerasReference.__call__
+
+    def counted(self, feeds):
+        calls.append({name: ids.shape for name, ids in feeds.items()})
+        return original(self, feeds)
+
+    monkeypatch.setattr(KerasReference, "__call__", counted)
+    ids = k3.Input((length,), dtype="int64", name="ids")
+    model = k3.Model(ids, k3.layers.LSTM(3)(k3.layers.Embedding(20, 4, mask_zero=True)(ids)))
+    report = export_keras(model, tmp_path / "m.onnx")
+    assert report.parity is not None and report.parity.cases == (27 if length is None else 9)
+    assert calls == (
+        [{"ids": (120, 1)}, {"ids": (120, 10)}, {"ids": (120, 37)}] if length is None else [{"ids": (120, 6)}]
+    )
+
+
+def test_rows_that_depend_on_each_other_are_checked_case_by_case(k3, tmp_path):
+    """A model that mixes the rows of a batch gives other values on the cases joined than on each case
+    alone; the case alone decides, so the export passes (and a wrong graph would still fail)."""
+    ids = k3.Input((None,), dtype="int64", name="ids")
+    x = k3.layers.GlobalAveragePooling1D()(k3.layers.Embedding(20, 4, mask_zero=True)(ids))
+    centred = k3.layers.Lambda(lambda t: t - k3.ops.mean(t, axis=0, keepdims=True), name="centred")(x)
+    model = k3.Model(ids, centred)
+    report = export_keras(model, tmp_path / "m.onnx")
+    assert report.parity is not None and report.parity.cases == 27 and report.parity.worst <= 1e-5

@@ -94,6 +94,17 @@ def test_io_binding_skips_large_outputs(single: Built) -> None:
     assert len(cache(rt)) == 0
 
 
+def test_io_binding_counts_the_bound_input_copies(single: Built) -> None:
+    """The mask of 4 ids (4 bytes) fits in 35 bytes; with the 32 bytes of its int64 ids the set does not,
+    so no buffers are kept for it (many long inputs with tiny outputs held memory before)."""
+    ids = ids_of((1, 4), 0)
+    for limit, kept in ((4 + ids.nbytes - 1, 0), (4 + ids.nbytes, 1)):
+        rt = embed_runtime.load(single.path, providers="cpu", options=RuntimeOptions(io_binding_max_bytes=limit))
+        for _ in range(2):
+            np.testing.assert_array_equal(rt.run(ids, outputs=["mask"])["mask"], ids != 0)
+        assert len(cache(rt)) == kept
+
+
 def test_io_binding_per_thread(single: Built) -> None:
     rt = embed_runtime.load(single.path, providers="cpu", threads=1)
     errors: list[BaseException] = []

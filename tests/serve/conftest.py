@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embed_runtime.contract import EmbeddingInfo, ModelMetadata
 
-from .helpers import SERVE_MODULE, RawHttp, start_server, stop_server
+from .helpers import REPO_MODELS, SERVE_MODULE, RawHttp, start_server, stop_server
 
 if not all(
     importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus_client", "tritonclient")
@@ -170,6 +170,17 @@ def server(model_paths: dict[str, Path], server_log: Path) -> Iterator[str]:
     ]
     proc, url = start_server(args, server_log)
     yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def repo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RawHttp]:
+    """A server of the committed seed, classifier, recurrent and tagger models, with default limits."""
+    models = [
+        str(REPO_MODELS / name / "model.onnx") for name in ("seed", "classifier", "recurrent", "tagger")
+    ]
+    proc, url = start_server([*models, "--providers", "cpu"], tmp_path_factory.mktemp("repo") / "server.log")
+    yield RawHttp(url)
     stop_server(proc)
 
 

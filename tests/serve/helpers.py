@@ -77,6 +77,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+"""The repository's committed example models (``models/<name>/model.onnx``)."""
+
 SERVE_MODULE = (sys.executable, "-m", "embed_runtime.serve")
 """``python -m embed_runtime.serve``."""
 

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tritonclient.http import InferResult
 
-from embed_runtime.serve.protocol import ProtocolError, encode_infer_response, parse_infer_request
+from embed_runtime.serve.codec import decode_inputs, encode_infer_response
+from embed_runtime.serve.protocol import InferRequest, ProtocolError, count_json_values, parse_infer_request
 
 
 def _request(*inputs: dict, **extra: object) -> bytes:
     return json.dumps({"inputs": list(inputs), **extra}).encode()
 
 
+def _decode(body: bytes, header_length: int | None = None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """The request's header and its decoded inputs."""
+    request = parse_infer_request(body, header_length)
+    return request, decode_inputs(request, body)
+
+
 def test_nested_and_flat_json_data_agree() -> None:
-    nested = parse_infer_request(
-        _request({"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [[1, 2], [3, 4]]}), None
+    request, nested = _decode(
+        _request({"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [[1, 2], [3, 4]]})
     )
-    flat = parse_infer_request(
-        _request({"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]}), None
-    )
-    np.testing.assert_array_equal(nested.inputs["a"], flat.inputs["a"])
-    assert nested.inputs["a"].dtype == np.int64
-    assert nested.outputs is None and not nested.binary_output
+    _, flat = _decode(_request({"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]}))
+    np.testing.assert_array_equal(nested["a"], flat["a"])
+    np.testing.assert_array_equal(nested["a"], [[1, 2], [3, 4]])
+    assert nested["a"].dtype == np.int64
+    assert request.outputs is None and not request.binary_output
 
 
 @pytest.mark.parametrize(
@@ -37,9 +46,9 @@ def test_nested_and_flat_json_data_agree() -> None:
     ],
 )
 def test_json_datatypes(datatype: str, data: list, expected: np.ndarray) -> None:
-    req = parse_infer_request(_request({"name": "a", "shape": [2], "datatype": datatype, "data": data}), None)
-    assert req.inputs["a"].dtype == expected.dtype
-    np.testing.assert_array_equal(req.inputs["a"], expected)
+    _, inputs = _decode(_request({"name": "a", "shape": [2], "datatype": datatype, "data": data}))
+    assert inputs["a"].dtype == expected.dtype
+    np.testing.assert_array_equal(inputs["a"], expected)
 
 
 @pytest.mark.parametrize(
@@ -47,19 +56,19 @@ def test_json_datatypes(datatype: str, data: list, expected: np.ndarray) -> None
     [
         ("INT32", [2**31, 0], "value 2147483648 does not fit INT32"),
         ("UINT8", [-1, 0], "value -1 does not fit UINT8"),
-        ("BOOL", [1, 0], "does not match datatype BOOL (found integers)"),
+        ("BOOL", [1, 0], "element at [0] is 1; BOOL data must be true or false, not integers"),
         ("INT64", [None, 1], "does not match datatype INT64"),
         ("BYTES", ["a", "b"], "unsupported datatype 'BYTES'"),
     ],
 )
 def test_json_data_rejected(datatype: str, data: list, text: str) -> None:
-    with pytest.raises(ProtocolError, match=text.replace("(", r"\(").replace(")", r"\)")):
-        parse_infer_request(_request({"name": "a", "shape": [2], "datatype": datatype, "data": data}), None)
+    with pytest.raises(ProtocolError, match=re.escape(text)):
+        _decode(_request({"name": "a", "shape": [2], "datatype": datatype, "data": data}))
 
 
 def test_empty_tensor() -> None:
-    req = parse_infer_request(_request({"name": "a", "shape": [0, 3], "datatype": "INT64", "data": []}), None)
-    assert req.inputs["a"].shape == (0, 3) and req.inputs["a"].dtype == np.int64
+    _, inputs = _decode(_request({"name": "a", "shape": [0, 3], "datatype": "INT64", "data": []}))
+    assert inputs["a"].shape == (0, 3) and inputs["a"].dtype == np.int64
 
 
 def test_binary_inputs_follow_the_header_in_order() -> None:
@@ -74,10 +83,11 @@ def test_binary_inputs_follow_the_header_in_order() -> None:
         id="r1",
     )
     body = header + a.tobytes() + bytes([1, 0, 2])  # any non-zero byte is True
-    req = parse_infer_request(body, len(header))
-    np.testing.assert_array_equal(req.inputs["a"], a)
-    np.testing.assert_array_equal(req.inputs["b"], b)
-    assert req.inputs["j"].tolist() == [0.5]
+    req, inputs = _decode(body, len(header))
+    np.testing.assert_array_equal(inputs["a"], a)
+    np.testing.assert_array_equal(inputs["b"], b)
+    assert inputs["j"].tolist() == [0.5]
+    assert req.outputs is not None
     assert [(o.name, o.binary) for o in req.outputs] == [("x", True), ("y", None)]
     assert req.id == "r1"
 
@@ -105,3 +115,28 @@ def test_json_only_response_has_no_header_length() -> None:
         "model_version": "1",
         "outputs": [{"name": "mask", "datatype": "BOOL", "shape": [1], "data": [True]}],
     }
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=40,
+)
+
+
+def _values(value: object) -> int:
+    """Values in a parsed JSON document, object keys included."""
+    if isinstance(value, list):
+        return 1 + sum(map(_values, value))
+    if isinstance(value, dict):
+        return 1 + len(value) + sum(map(_values, value.values()))
+    return 1
+
+
+@given(_JSON, st.booleans())
+def test_json_value_count_is_an_upper_bound(document: object, spaced: bool) -> None:
+    """The server bounds a request's JSON by this count before parsing it: it may never count less than
+    the parser would create."""
+    text = json.dumps(document, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    assert count_json_values(text, len(text)) >= _values(document)
+    assert count_json_values(text + b"  ", len(text)) == count_json_values(text, len(text))

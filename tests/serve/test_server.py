@@ -46,6 +46,7 @@ def test_health_and_server_metadata(client: httpclient.InferenceServerClient) ->
     assert client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta["name"] == "embed-runtime"
+    assert meta["version"] == embed_runtime.__version__
     assert "binary_tensor_data" in meta["extensions"]
 
 

@@ -1,0 +1,179 @@
+"""Tensor data of the V2 protocol: decoding a checked request's inputs and encoding a response.
+
+JSON ``data`` is flat or nested row-major; every value must have the JSON type of the datatype (integers
+for integer datatypes, ``true``/``false`` for ``BOOL``, numbers for floats), so that ``[1, true]`` is not
+read as ``[1, 1]``. Binary data is little-endian and row-major, ``BOOL`` one byte per element.
+
+Responses follow RFC 8259 JSON: a float output holding ``NaN`` or an infinity cannot be sent as JSON data
+and is refused (:class:`~embed_runtime.serve.protocol.UnrepresentableError`, 422) with a message telling
+the client to ask for it as binary data, which carries IEEE floats exactly. JSON values are written in
+chunks, so that encoding takes little memory beyond the response itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from embed_runtime.serve.protocol import (
+    InferRequest,
+    ProtocolError,
+    UnrepresentableError,
+    short_text,
+    v2_datatype,
+)
+
+_CHUNK = 1 << 16
+"""Values encoded to JSON at a time."""
+
+_JSON_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}
+"""Python types of the JSON values each kind of datatype accepts (``bool`` is not an ``int`` here)."""
+
+_JSON_WORDS = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers"}
+
+_TYPE_WORDS = {bool: "booleans", int: "integers", float: "floats", str: "strings", list: "lists"}
+
+
+def json_value_width(dtype: np.dtype) -> int:
+    """The most bytes one value of ``dtype`` takes in a response's JSON ``data``, its comma included."""
+    if dtype.kind == "b":
+        return len("false,")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return max(len(str(info.min)), len(str(info.max))) + 1
+    return len("-2.2250738585072014e-308,")  # the longest repr of a Python float
+
+
+def _position(index: int, shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(index, shape)) + "]"
+
+
+def _flatten(name: str, shape: tuple[int, ...], data: list[Any]) -> list[Any]:
+    """The values of a flat or regularly nested list, row-major; nesting may not be deeper than the shape."""
+    flat = data
+    depth = 1
+    while flat and isinstance(flat[0], list):
+        if depth >= max(len(shape), 1):
+            raise ProtocolError(f"input {name!r}: 'data' is nested deeper than shape {list(shape)}")
+        if any(type(x) is not list for x in flat) or len(set(map(len, flat))) != 1:
+            raise ProtocolError(f"input {name!r}: 'data' is a ragged nested list")
+        flat = list(chain.from_iterable(flat))
+        depth += 1
+    return flat
+
+
+def decode_json_data(name: str, dtype: np.dtype, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """A tensor from a JSON ``data`` value (flat or nested, row-major), checked against dtype and shape."""
+    flat = _flatten(name, shape, data if isinstance(data, list) else [data])
+    count = math.prod(shape)
+    if len(flat) != count:
+        raise ProtocolError(
+            f"input {name!r}: shape {list(shape)} holds {count} elements but 'data' has {len(flat)}"
+        )
+    if count == 0:
+        return np.zeros(shape, dtype)
+    allowed = _JSON_TYPES[dtype.kind]
+    wrong = set(map(type, flat)).difference(allowed)
+    if wrong:
+        first = next(i for i, x in enumerate(flat) if type(x) not in allowed)
+        found = ", ".join(sorted(_TYPE_WORDS.get(t, "objects or nulls") for t in wrong))
+        datatype = v2_datatype(dtype)
+        raise ProtocolError(
+            f"input {name!r}: 'data' does not match datatype {datatype}: element at "
+            f"{_position(first, shape)} is {short_text(flat[first], as_json=True)}; {datatype} data must be "
+            f"{_JSON_WORDS[dtype.kind]}, not {found}"
+        )
+    try:
+        with np.errstate(over="ignore"):
+            arr: np.ndarray | None = np.array(flat, dtype=dtype)
+    except OverflowError:
+        arr = None
+    if arr is None or (dtype.kind == "f" and not np.isfinite(arr).all()):
+        info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
+        first = next(i for i, x in enumerate(flat) if not info.min <= x <= info.max)
+        raise ProtocolError(
+            f"input {name!r}: value {short_text(flat[first], as_json=True)} does not fit {v2_datatype(dtype)} "
+            f"(element at {_position(first, shape)})"
+        )
+    return arr.reshape(shape)
+
+
+def decode_binary_data(dtype: np.dtype, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+    """A tensor from raw little-endian bytes (their size was checked against the shape)."""
+    count = math.prod(shape)
+    if dtype.kind == "b":
+        return (np.frombuffer(raw, dtype=np.uint8, count=count) != 0).reshape(shape)
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count).reshape(shape)
+    if not arr.flags.aligned or not arr.dtype.isnative:
+        arr = arr.astype(dtype)
+    return arr
+
+
+def decode_inputs(request: InferRequest, body: bytes | bytearray) -> dict[str, np.ndarray]:
+    """Input name to array, in request order, for a request read by
+    :func:`~embed_runtime.serve.protocol.parse_infer_request` from ``body``."""
+    view = memoryview(body)
+    return {
+        spec.name: decode_json_data(spec.name, spec.dtype, spec.shape, spec.data)
+        if spec.binary is None
+        else decode_binary_data(spec.dtype, spec.shape, view[spec.binary])
+        for spec in request.inputs
+    }
+
+
+def _json_data(name: str, arr: np.ndarray) -> Iterator[bytes]:
+    """The JSON array of ``arr``'s values, row-major, in pieces; refuses non-finite floats."""
+    flat = arr.reshape(-1)
+    yield b"["
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
+            bad = ~np.isfinite(flat)
+            raise UnrepresentableError(
+                f"output {name!r} holds {int(np.count_nonzero(bad))} NaN or infinite value(s) (the first at "
+                f"{_position(int(np.argmax(bad)), arr.shape)}), which JSON cannot carry; request it as "
+                f'binary data: "outputs": [{{"name": "{name}", "parameters": {{"binary_data": true}}}}]'
+            )
+        text = json.dumps(chunk.tolist(), separators=(",", ":"), allow_nan=False)
+        yield (text[1:-1] if start == 0 else "," + text[1:-1]).encode()
+    yield b"]"
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Sequence[tuple[str, np.ndarray, bool]],
+) -> tuple[bytes, int | None]:
+    """Encode ``(name, array, binary)`` outputs as a V2 response body.
+
+    Returns the body and, when any output is binary, the JSON header's length for the
+    ``Inference-Header-Content-Length`` response header (else ``None``). Raises
+    :class:`~embed_runtime.serve.protocol.UnrepresentableError` for a JSON output holding NaN or infinity.
+    """
+    head: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        head["id"] = request_id
+    pieces = [json.dumps(head, separators=(",", ":"))[:-1].encode(), b',"outputs":[']
+    blobs: list[memoryview] = []
+    for i, (name, arr, binary) in enumerate(outputs):
+        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype), "shape": list(arr.shape)}
+        if binary:
+            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
+            blobs.append(raw.reshape(-1).view(np.uint8).data)
+        pieces.append((b"," if i else b"") + json.dumps(entry, separators=(",", ":")).encode())
+        if not binary:
+            pieces[-1] = pieces[-1][:-1] + b',"data":'
+            pieces.extend(_json_data(name, arr))
+            pieces.append(b"}")
+    pieces.append(b"]}")
+    header = b"".join(pieces)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
