@@ -71,7 +71,7 @@ def private_run_with_iobinding(
 class _BufferSet:
     """One ``IOBinding`` with its own input and output buffers, bound once."""
 
-    __slots__ = ("arrays", "binding", "idle_refs", "ids", "ids_view", "inputs", "names", "outputs", "run_bound")
+    __slots__ = ("arrays", "binding", "idle_refs", "ids", "ids_view", "inputs", "names", "outputs", "run_bound", "single")
 
     def __init__(self, sess: ort.InferenceSession, layout: _Layout, plan: RangePlan | None):
         self.binding = sess.io_binding()
@@ -82,6 +82,7 @@ class _BufferSet:
         for name, buf in self.outputs.items():
             self.binding.bind_output(name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
         self.names = tuple(self.outputs)
+        self.single = self.names[0] if len(self.names) == 1 else None
         self.arrays = tuple(self.outputs.values())
         # the hot path copies ids into the first input and checks them there through a view made once
         self.ids = next(iter(self.inputs.values()))
@@ -95,6 +96,8 @@ class _BufferSet:
     def results(self) -> Results:
         """Fresh views of the output buffers, one per output: what a caller does to a view's shape, dtype
         or flags stays with that view, so the next call of this set still finds its buffers as bound."""
+        if self.single is not None:  # one output, the common case: ~0.2 us cheaper than the general form
+            return {self.single: self.arrays[0].view()}
         return dict(zip(self.names, map(_fresh_view, self.arrays)))
 
     def refs(self) -> list[int]:
