@@ -14,7 +14,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e '.[export,serve,bench,progress,test]'
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e '.[export,serve,bench,progress,test,ray]'
 	touch $@
 
 $(SLIM)/.installed: pyproject.toml

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.text_speed import HEADING as TEXT_HEADING
 from embed_runtime.timing import (
     FLOOR,
     RT_NO_BINDING,
@@ -304,6 +305,12 @@ def write_report(results: dict[str, Any], docs: Path) -> str:
             rows.append((label, who, str(d["nodes"]), ops, f"{d['bytes']:,}", f"{d['seconds']:.1f} s"))
     lines += [markdown_table(["model", "exporter", "nodes", "ops", "file bytes", "export time"], rows), ""]
     text = "\n".join(lines)
-    (docs / "benchmarks.md").write_text(text)
+    path = docs / "benchmarks.md"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept = old.find(TEXT_HEADING + "\n")  # benchmarks/text_speed.py's section: its own script rewrites it
+    if kept >= 0:
+        end = old.find("\n## ", kept + len(TEXT_HEADING))
+        text = text.rstrip("\n") + "\n\n" + old[kept : end + 1 if end >= 0 else len(old)]
+    path.write_text(text)
     plot(results, docs / "benchmarks.png")
     return text

@@ -133,6 +133,14 @@ def start(command: list[str], port: int) -> subprocess.Popen:
     raise RuntimeError(f"{command} did not start")
 
 
+def serve_command(model: str, port: int, max_concurrency: int) -> list[str]:
+    """``embed-runtime serve MODEL`` on ``port``, quiet."""
+    return [
+        *(sys.executable, "-m", "embed_runtime.serve", model, "--port", str(port), "--no-access-log"),
+        *("--max-concurrency", str(max_concurrency), "--log-level", "warning"),
+    ]
+
+
 def make_request(rt: Any, batch: int, seq: int, seed: int = 0) -> tuple[dict[str, np.ndarray], bytes, int]:
     """Random ids for every input, the binary V2 body asking for binary outputs, and its header length."""
     rng = np.random.default_rng(seed)
@@ -292,6 +300,11 @@ def main() -> int:
     parser.add_argument(
         "--max-concurrency", type=int, default=4, help="server inference slots (default: %(default)s)"
     )
+    parser.add_argument(
+        "--batching",
+        metavar="N[:US]",
+        help="also load our server with dynamic batching: --max-batch-size N --max-queue-delay-us US",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--reference-server", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -316,19 +329,7 @@ def main() -> int:
         feeds, body, hlen = make_request(rt, args.batch, args.seq)
         name = "bench"
         ours_port, ref_port = free_port(), free_port()
-        ours_cmd = [
-            sys.executable,
-            "-m",
-            "embed_runtime.serve",
-            f"{name}={path}",
-            "--port",
-            str(ours_port),
-            "--no-access-log",
-            "--max-concurrency",
-            str(args.max_concurrency),
-            "--log-level",
-            "warning",
-        ]
+        ours_cmd = serve_command(f"{name}={path}", ours_port, args.max_concurrency)
         proc = start(ours_cmd, ours_port)
         try:
             check_answer(ours_port, name, rt, feeds)
@@ -349,6 +350,12 @@ def main() -> int:
             "embed-runtime serve": (ours_cmd, ours_port),
             "reference (Starlette + onnxruntime)": (ref_cmd, ref_port),
         }
+        if args.batching:
+            size, _, delay = args.batching.partition(":")
+            batch_port = free_port()
+            batch_cmd = serve_command(f"{name}={path}", batch_port, args.max_concurrency)
+            batch_cmd += ["--max-batch-size", size, *(["--max-queue-delay-us", delay] if delay else [])]
+            servers[f"embed-runtime serve, batching {args.batching}"] = (batch_cmd, batch_port)
         runs: dict[str, list[dict]] = {label: [] for label in servers}
         for round_ in range(args.rounds):  # ABBA order, so drift in the machine's load hits both alike
             for label in list(servers)[:: 1 if round_ % 2 == 0 else -1]:

@@ -28,13 +28,14 @@ EPILOG = """examples:
   embed-runtime run model.onnx --ids "[[4, 20, 0]]"
   embed-runtime run model.onnx --ids '{"user_id": [[1, 2]], "item_id": [[3, 4]]}'
   embed-runtime run model.onnx --input ids.npy --output out.npz
+  embed-runtime run text_model.onnx --text "the cat sat" --text "a dog"
   embed-runtime run model.onnx --ids "[[4, 20, 0]]" --providers cpu --threads 1
 """
 
 LAZY_COMMANDS = {
     "bench": ("embed_runtime.bench", "bench", "measure latency and throughput of a model"),
     "serve": ("embed_runtime.serve", "serve", "serve a model over HTTP"),
-    "batch": ("embed_runtime.ray", "ray", "run a model over Parquet files with Ray Data"),
+    "batch": ("embed_runtime.scale", "ray", "run a model over Parquet files with Ray Data"),
 }
 
 
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--ids", help='JSON ids: "[[4, 20, 0]]" (ragged lists are padded with 0) or {"input name": ids, ...}'
+    )
+    source.add_argument(
+        "--text", action="append", help="a text for a model exported from strings (repeat for a batch)"
     )
     source.add_argument("--input", type=Path, help=".npy with the ids, or .npz with one array per input name")
     run.add_argument("--output", type=Path, help="write all outputs to this .npz instead of printing them")
@@ -136,6 +140,8 @@ def _info_data_files(rt: Runtime) -> int:
 
 
 def _read_inputs(args: argparse.Namespace) -> Any:
+    if args.text is not None:
+        return args.text
     if args.ids is not None:
         try:
             return json.loads(args.ids)

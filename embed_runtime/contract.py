@@ -19,6 +19,17 @@ An exported model is a plain ONNX file. What makes it an *embed-runtime* artifac
   refuses to load a model whose data file has another size or sample, ``embed-runtime info`` checks the
   full sha256 (:mod:`embed_runtime.artifact`).
 
+* **Text front end** (``embed_runtime.text``, only in models exported from a string input): Keras's
+  ``TextVectorization`` cannot live in a standard ONNX graph, because its default ``strip_punctuation`` is a
+  regex replace (``tf.strings.regex_replace``) and ONNX has no regex op (``StringNormalizer`` only lowercases
+  and drops stop words; ``StringSplit``, opset 20, splits on one separator, not on runs of ASCII whitespace).
+  So the graph takes the int64 ids, and the preprocessing is a *declared spec*: a JSON object keyed by the
+  graph id input, one :class:`TextSpec` each (standardize, split, the vocabulary in Keras's
+  ``get_vocabulary()`` order, OOV and mask tokens, sequence length, and the Keras version it was read from).
+  :mod:`embed_runtime.text` implements it in numpy and the standard library, id for id as Keras does.
+  Every option runs by the spec today; running the options that standard ops reproduce exactly (no
+  standardize, ``split=None``) in the graph is a later optimisation.
+
 Other languages can read the same keys: they are plain strings and JSON.
 """
 
@@ -41,6 +52,7 @@ KEY_TF2ONNX_VERSION = PREFIX + "tf2onnx_version"
 KEY_EXPORTER_VERSION = PREFIX + "exporter_version"
 KEY_MAX_ABS_DIFF = PREFIX + "export_max_abs_diff"
 KEY_EXTERNAL_DATA = PREFIX + "external_data"
+KEY_TEXT = PREFIX + "text"
 
 VERSION_KEYS = (
     KEY_KERAS_VERSION,
@@ -90,6 +102,11 @@ class EmbeddingInfo:
         padding_id: ``0`` when ``mask_zero`` is true, else ``None``.
         mask_output: name of the bool mask output, or ``None``.
         dtype: numpy dtype name of the table (``float32``, ``float16``...).
+        table_dtype: how the artifact stores the table: ``float32`` (as ``dtype``), ``float16``, or ``int8``.
+        quantization: for an ``int8`` table, how a row is dequantized with its float32 scale:
+            ``per_row_scale`` (``row = q * scale[row]``) or ``per_row_inverse_scale``
+            (``row = q / scale[row]``, Keras's own int8); ``None`` otherwise. These two keys are written only
+            when they differ from the defaults, so older files read the same.
     """
 
     layer: str
@@ -100,11 +117,16 @@ class EmbeddingInfo:
     padding_id: int | None
     mask_output: str | None
     dtype: str = "float32"
+    table_dtype: str = "float32"
+    quantization: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with the keys of this class."""
+        """A JSON-ready dict with the keys of this class (``table_dtype`` and ``quantization`` only when
+        they are not the defaults)."""
         d = asdict(self)
         d["inputs"] = list(self.inputs)
+        if d["table_dtype"] == "float32" and d["quantization"] is None:
+            del d["table_dtype"], d["quantization"]
         return d
 
     @classmethod
@@ -139,6 +161,8 @@ class EmbeddingInfo:
             padding_id=padding,
             mask_output=d.get("mask_output"),
             dtype=str(d.get("dtype", "float32")),
+            table_dtype=str(d.get("table_dtype", "float32")),
+            quantization=None if d.get("quantization") is None else str(d["quantization"]),
         )
 
 
@@ -207,3 +231,123 @@ class ModelMetadata:
             embeddings = tuple(EmbeddingInfo.from_dict(e) for e in entries)
         versions = {k: v for k, v in props.items() if k in VERSION_KEYS}
         return cls(embeddings=embeddings, versions=versions, raw=dict(props))
+
+
+STANDARDIZE_OPTIONS = (None, "lower", "strip_punctuation", "lower_and_strip_punctuation")
+"""``TextVectorization(standardize=...)`` values a :class:`TextSpec` can declare."""
+
+SPLIT_OPTIONS = (None, "whitespace", "character")
+"""``TextVectorization(split=...)`` values a :class:`TextSpec` can declare."""
+
+TEXT_LAYERS = ("TextVectorization", "StringLookup")
+"""Keras layers a :class:`TextSpec` can describe: texts in, or rows of tokens in (``StringLookup``)."""
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """The declared text front end of one graph id input (metadata ``embed_runtime.text``).
+
+    Attributes:
+        input: the graph id input the ids feed, named after the Keras string input.
+        layer: the Keras preprocessing layer's name; ``layer_class`` its class, one of
+            :data:`TEXT_LAYERS` (a ``StringLookup`` takes rows of tokens: no standardize, split or length).
+        standardize: one of :data:`STANDARDIZE_OPTIONS`; ``lower`` is ASCII-only, as Keras runs it.
+        split: one of :data:`SPLIT_OPTIONS`.
+        vocabulary: every token in index order, special tokens included (Keras's ``get_vocabulary()``):
+            token ``vocabulary[i]`` gets id ``i``.
+        oov_token: the out-of-vocabulary token; any token not in ``vocabulary`` gets its id.
+        mask_token: the token with id 0 (``""`` for ``TextVectorization``), or ``None``.
+        num_oov_indices: OOV ids; only 1 (more would need Keras's FarmHash of each token).
+        output_sequence_length: pad with 0 / truncate every row to this length; ``None`` pads a batch to
+            its longest row.
+        keras_flavour, keras_version: the Keras the spec was read from.
+    """
+
+    input: str
+    layer: str
+    layer_class: str
+    standardize: str | None
+    split: str | None
+    vocabulary: tuple[str, ...]
+    oov_token: str
+    mask_token: str | None
+    num_oov_indices: int
+    output_sequence_length: int | None
+    keras_flavour: str
+    keras_version: str
+
+    def __post_init__(self) -> None:
+        where = f"text spec of input {self.input!r}"
+        if self.layer_class not in TEXT_LAYERS:
+            raise ValueError(f"{where}: layer_class {self.layer_class!r} is not one of {TEXT_LAYERS}")
+        plain = (self.standardize, self.split, self.output_sequence_length) == (None, None, None)
+        if self.layer_class == "StringLookup" and not plain:
+            raise ValueError(f"{where}: a StringLookup has no standardize, split or output_sequence_length")
+        if self.standardize not in STANDARDIZE_OPTIONS:
+            raise ValueError(f"{where}: standardize {self.standardize!r} is not one of {STANDARDIZE_OPTIONS}")
+        if self.split not in SPLIT_OPTIONS:
+            raise ValueError(f"{where}: split {self.split!r} is not one of {SPLIT_OPTIONS}")
+        if self.num_oov_indices != 1:
+            raise ValueError(f"{where}: num_oov_indices must be 1, found {self.num_oov_indices!r}")
+        if self.oov_token not in self.vocabulary:
+            raise ValueError(f"{where}: oov_token {self.oov_token!r} is not in the vocabulary")
+        if self.mask_token is not None and self.vocabulary[:1] != (self.mask_token,):
+            raise ValueError(f"{where}: mask_token {self.mask_token!r} must be the vocabulary's first token")
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise ValueError(f"{where}: the vocabulary repeats a token")
+        length = self.output_sequence_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            raise ValueError(
+                f"{where}: output_sequence_length must be an integer >= 1 or null, found {length!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with the keys of this class."""
+        d = asdict(self)
+        d["vocabulary"] = list(self.vocabulary)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TextSpec:
+        """Parse one value of ``embed_runtime.text``; raises ``ValueError`` saying what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"text spec {str(d)[:80]!r} is not a JSON object")
+        names = list(cls.__dataclass_fields__)
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise ValueError(f"text spec of input {d.get('input')!r} lacks the key {missing[0]!r}")
+        vocabulary = d["vocabulary"]
+        if not isinstance(vocabulary, list) or not all(isinstance(t, str) for t in vocabulary):
+            raise ValueError(f"text spec of input {d['input']!r}: 'vocabulary' must be a list of strings")
+        for key in ("input", "layer", "layer_class", "oov_token", "keras_flavour", "keras_version"):
+            if not isinstance(d[key], str):
+                raise ValueError(f"text spec: {key!r} must be a string, found {d[key]!r}")
+        if d["mask_token"] is not None and not isinstance(d["mask_token"], str):
+            raise ValueError(f"text spec of input {d['input']!r}: 'mask_token' must be a string or null")
+        return cls(**{**{k: d[k] for k in names}, "vocabulary": tuple(vocabulary)})
+
+
+def text_specs(props: dict[str, str]) -> dict[str, TextSpec]:
+    """The text specs in a model's metadata, by graph input name (empty when there is none).
+
+    Raises ``ValueError`` when ``embed_runtime.text`` is present but malformed."""
+    if KEY_TEXT not in props:
+        return {}
+    try:
+        entries = json.loads(props[KEY_TEXT])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"metadata {KEY_TEXT!r} is not valid JSON: {exc}") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"metadata {KEY_TEXT!r} must be a JSON object keyed by input name")
+    specs = {name: TextSpec.from_dict(entry) for name, entry in entries.items()}
+    wrong = [name for name, spec in specs.items() if spec.input != name]
+    if wrong:
+        raise ValueError(f"metadata {KEY_TEXT!r}: entry {wrong[0]!r} declares another input")
+    return specs
+
+
+def text_props(specs: list[TextSpec]) -> dict[str, str]:
+    """The ``metadata_props`` entry that declares ``specs`` (none when the list is empty)."""
+    if not specs:
+        return {}
+    return {KEY_TEXT: json.dumps({s.input: s.to_dict() for s in specs}, sort_keys=True, ensure_ascii=False)}

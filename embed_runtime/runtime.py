@@ -33,6 +33,7 @@ from .inputs import FastCheck, prepare_all
 from .options import RuntimeOptions
 from .providers import Providers, create_session
 from .tensors import batch_axes, expected_shape, tensor_info
+from .text import front_end
 
 
 class Runtime:
@@ -47,6 +48,7 @@ class Runtime:
             ``input_length`` when known.
         outputs: one :class:`~embed_runtime.tensors.TensorInfo` per graph output.
         metadata: the contract's :class:`~embed_runtime.contract.ModelMetadata` (empty for foreign files).
+        text: the :class:`~embed_runtime.text.TextFrontEnd` of a model exported from strings, else None.
         options: the :class:`RuntimeOptions` in effect (``threads=`` folded in).
         session: the underlying ``onnxruntime.InferenceSession``.
     """
@@ -68,6 +70,7 @@ class Runtime:
         check_data_files(self.path, props)  # the data files are the ones this .onnx was written with
         try:
             self.metadata = ModelMetadata.from_props(props)
+            self.text = front_end(props, [a.name for a in self.session.get_inputs()])
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"{self.path}: malformed embed_runtime metadata: {exc}") from None
         dims = self.metadata.input_dims()
@@ -112,6 +115,8 @@ class Runtime:
         """Validate ``inputs`` exactly as :meth:`run` does and return what onnxruntime would be fed:
         ``{input name: C-contiguous array of the graph's dtype}`` (the caller's array when it already is
         one). Raises :class:`InvalidInputError` / :class:`InputTypeError` like :meth:`run`."""
+        if self.text is not None:
+            inputs = self.text.ids(inputs)
         fast = self._fast_check
         if fast is not None and type(inputs) is np.ndarray and not single_sequence:
             checked = fast(inputs)
@@ -163,6 +168,8 @@ class Runtime:
         Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
         :class:`InferenceError` when onnxruntime fails.
         """
+        if self.text is not None:
+            inputs = self.text.ids(inputs)
         if device_outputs:
             return run_on_device(self, inputs, self._select(outputs), out, single_sequence, trust_device_ids)
         binder = self._binder
@@ -182,6 +189,13 @@ class Runtime:
             targets = check_out(out, names, feeds, self.inputs, self._outputs_by_name)
             return self._run_out(feeds, names, targets, outputs is None)
         return self._run_feeds(feeds, names, outputs is None)
+
+    def tokenize(self, texts: Any) -> tuple[Any, Any]:
+        """The (ids, mask) the model sees for ``texts`` (a batch, or ``{input name: texts}``); raises
+        :class:`InvalidInputError` when the model declares no text input (see :mod:`embed_runtime.text`)."""
+        if self.text is None:
+            raise InvalidInputError(f"{self.path.name} takes ids, not text: it declares no text input")
+        return self.text.tokenize(texts)
 
     def _run_feeds(self, feeds: dict[str, np.ndarray], names: tuple[str, ...], hot: bool) -> Results:
         """Through the binder's bound buffers when it has them for these shapes, else plainly."""

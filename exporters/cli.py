@@ -19,6 +19,8 @@ EPILOG = """examples:
   embed-export saved_model_dir/ -o model.onnx --opset 13
   embed-export model.h5 -o model.onnx --atol 1e-4
   embed-export big.keras -o big.onnx --external-data-threshold 256MiB
+  embed-export model.keras -o model.int8.onnx --table-dtype int8
+  embed-export model.keras -o model.onnx --format ort    # also model.ort + model.required_operators.config
 
 The graph is checked against the Keras model on seeded ids before it is written; on any failure
 nothing is written and the exit status is 1."""
@@ -43,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="tables larger than this (e.g. 64MiB, 1G, 4096, off) are written to <output>.data, which "
         "onnxruntime memory-maps (default: $EMBED_EXPORT_EXTERNAL_DATA_THRESHOLD or 64MiB)",
+    )
+    parser.add_argument(
+        "--table-dtype",
+        choices=("float32", "float16", "int8"),
+        default="float32",
+        help="how the tables are stored: float32 (default), float16 (half the bytes) or int8 (per-row "
+        "symmetric, a quarter); outputs stay float32 and the check reports the error against Keras",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "ort"),
+        default="onnx",
+        help="ort: also convert the .onnx with onnxruntime's converter into <output stem>.ort (the mobile "
+        "format) and write <output stem>.required_operators.config for a reduced onnxruntime build",
     )
     return parser
 
@@ -72,8 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             atol=args.atol,
             seed=args.seed,
             external_data_threshold=args.external_data_threshold,
+            table_dtype=args.table_dtype,
         )
         print(report)
+        if report.parity is not None and report.parity.tables:
+            print(
+                f"  vs Keras with the dequantized tables: max |diff| {report.parity.exact_max_abs_diff:.1e}"
+            )
+            for table in report.parity.tables:
+                print(f"  {table}")
+        if args.format == "ort":
+            from .mobile import to_ort
+
+            ort_path, config = to_ort(Path(args.output))
+            print(
+                f"converted to {ort_path} ({ort_path.stat().st_size:,} bytes); reduced build operators in {config}"
+            )
         return 0
 
     return run_command("embed-export", export, args, expected=(ExportError,))

@@ -2,11 +2,14 @@
 
 One pipeline for every export:
 
-1. build: describe the Keras model and convert it with tf2onnx (big tables as small stand-ins,
+1. build: describe the Keras model (a model taking strings from the ids its TextVectorization or
+   StringLookup produces, the layer declared as a text spec: :mod:`exporters.text`) and convert it with
+   tf2onnx (big tables as small stand-ins,
    :mod:`exporters.large`; every table found by its origin, :mod:`exporters.tables`) into an
    :class:`~exporters.passes.ExportState`;
 2. the rewrite passes, in the order of :data:`exporters.passes.PASSES`;
-3. verify, once: parity with Keras on the graph as it will be read back, and the rewrite check;
+3. verify, once: parity with Keras on the graph as it will be read back, and the rewrite check (and for
+   a string model, Keras on strings vs the runtime's tokenizer and the graph);
 4. finalize: IR version, producer and the contract's metadata;
 5. a writer (:mod:`exporters.writers`): one inline ``.onnx``, or ``.onnx`` + external data;
 6. the :class:`~exporters.report.ExportReport`, with the sha256 of what was written (the last pass names
@@ -31,15 +34,16 @@ from embed_runtime.contract import (
     KEY_TENSORFLOW_VERSION,
     KEY_TF2ONNX_VERSION,
     ModelMetadata,
+    text_props,
 )
 
-from . import large, rewrite, tables
+from . import large, quantize, rewrite, tables, text
 from .convert import convert, hide_gpus, load_rewritten
 from .keras_model import KerasModelInfo, describe, load_model
 from .passes import PASSES, ExportState
 from .report import ExportReport, make_report
 from .tracing import make_tf_function
-from .verify import Parity, check_rewrite, compare
+from .verify import Parity, check_rewrite, compare, compare_compact
 from .writers import Writer, check_destination, open_writer
 
 EXPORTER_VERSION = __version__
@@ -57,6 +61,7 @@ def export_keras(
     atol: float = 1e-5,
     seed: int = 0,
     external_data_threshold: int | str | None = None,
+    table_dtype: str = "float32",
 ) -> ExportReport:
     """Export a Keras Embedding model to a minimal, verified ONNX file.
 
@@ -75,6 +80,10 @@ def export_keras(
             they are converted as small stand-ins and written from the Keras variables as ONNX external
             data, ``<path>.<content hash>.data`` beside the ``.onnx``, which onnxruntime memory-maps
             (see :mod:`exporters.large`).
+        table_dtype: how the float32 tables are stored: ``"float32"``, ``"float16"`` (half the bytes) or
+            ``"int8"`` (per-row symmetric, about a quarter); see :mod:`exporters.quantize`. Then ``verify``
+            holds the graph to ``atol`` of the Keras model with the dequantized tables, each table element
+            to its bound, and reports the differences from the original model.
 
     Returns:
         An :class:`ExportReport`; ``str(report)`` is a readable summary.
@@ -85,18 +94,24 @@ def export_keras(
     start = time.perf_counter()
     out = Path(path)
     check_destination(out)  # before any conversion work; the writer checks again when it writes
+    quantize.check_table_dtype(table_dtype)
     hide_gpus()
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
-    keras = describe(model)
+    front = text.split_front(model)  # a string model: export from its ids, declare the text spec
+    keras = describe(model) if front is None else text.with_input_name(describe(front.id_model), front)
+    text_specs = [] if front is None else text.specs(front, keras)
     big = large.big_tables(keras, large.resolve_threshold(external_data_threshold))
     with large.stand_ins(keras, big, seed) as stand_ins:
         state = build(keras, opset, stand_ins)
+        state.table_dtype = table_dtype
         for rewrite_pass in PASSES:
             rewrite_pass(state)
     with open_writer(out, state.model, state.stand_ins) as writer:
         checks = run_checks(state, writer, atol, seed) if verify else None
-        versions = finalize(state, checks[0] if checks else None)
+        if front is not None and verify:
+            text.check_strings(front, text_specs[0], writer.session(state.model), keras.output_names, atol)
+        versions = finalize(state, checks[0] if checks else None, text_props(text_specs))
         writer.write(state.model)
     return make_report(
         out, keras.flavour, state.model, state.embeddings, checks, versions, writer.external_data, start
@@ -120,22 +135,30 @@ def build(keras: KerasModelInfo, opset: int | None, stand_ins: list[large.StandI
 
 def run_checks(state: ExportState, writer: Writer, atol: float, seed: int) -> tuple[Parity, float]:
     """The export's checks, run once: parity of the graph as ``writer`` will store it with the Keras model
-    (:func:`exporters.verify.compare`), then the rewrite check of the graph in memory (stand-in tables
-    inline, as in the raw graph) against tf2onnx's (:func:`exporters.verify.check_rewrite`).
+    (:func:`exporters.verify.compare`; :func:`~exporters.verify.compare_compact` with compact tables), then
+    the rewrite check of the graph in memory (stand-in tables inline, as in the raw graph) against
+    tf2onnx's, its compacted tables dequantized (:func:`exporters.verify.check_rewrite`).
 
     Returns (parity, rewrite difference); raises :class:`ExportError` when either fails.
     """
     embeddings = state.embeddings
     input_dims = ModelMetadata(embeddings=tuple(embeddings)).input_dims()
     session = writer.session(state.model)
-    parity = compare(state.keras, session, state.masks, embeddings, input_dims, atol, seed)
+
+    def compare_at(tolerance: float) -> Parity:
+        return compare(state.keras, session, state.masks, embeddings, input_dims, tolerance, seed)
+
+    compact = state.keras, state.compact, state.table_dtype
+    parity = compare_compact(*compact, compare_at, atol) if state.compact else compare_at(atol)
     raw_dims = large.stand_in_input_dims(embeddings, state.stand_ins)
-    return parity, check_rewrite(state.raw, load_rewritten(state.model), state.keras, raw_dims, seed)
+    raw = quantize.reference_raw(state.raw, state.compact)
+    return parity, check_rewrite(raw, load_rewritten(state.model), state.keras, raw_dims, seed)
 
 
-def finalize(state: ExportState, parity: Parity | None) -> dict[str, str]:
+def finalize(state: ExportState, parity: Parity | None, extra_props: dict[str, str]) -> dict[str, str]:
     """Set the lowest IR version, the producer and the contract's metadata (versions, embeddings, the
-    measured parity) and check the graph; returns the versions recorded."""
+    measured parity, ``extra_props`` such as the text spec) and check the graph; returns the versions
+    recorded."""
     import tensorflow as tf
     import tf2onnx
 
@@ -146,7 +169,7 @@ def finalize(state: ExportState, parity: Parity | None) -> dict[str, str]:
         KEY_TF2ONNX_VERSION: tf2onnx.__version__,
         KEY_EXPORTER_VERSION: EXPORTER_VERSION,
     }
-    extra = {KEY_MAX_ABS_DIFF: f"{parity.worst:.3g}"} if parity else {}
+    extra = {**extra_props, **({KEY_MAX_ABS_DIFF: f"{parity.worst:.3g}"} if parity else {})}
     metadata = ModelMetadata(tuple(state.embeddings), versions, extra)
     rewrite.finalize(state.model, metadata, EXPORTER_VERSION)
     return versions

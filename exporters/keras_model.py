@@ -220,25 +220,11 @@ def _failing_layer(model: Any, call: Callable[[], Any]) -> Any:
     return failed[0] if failed else None
 
 
-def _readers(model: Any, tensor: Any) -> list[str]:
-    """``name (class)`` of each layer of a functional model that takes ``tensor`` as an input."""
-    found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for node in getattr(layer, "_inbound_nodes", []):
-            tensors = node.input_tensors
-            if type(layer).__name__ != "InputLayer" and any(
-                t is tensor for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors])
-            ):
-                found.append(f"{layer.name!r} ({type(layer).__name__})")
-                break
-    return found
-
-
 def _keras_inputs(model: Any) -> list[tuple[str, int | None]]:
     """(name, static length) of each model input, or one dynamic input for subclassed models.
 
-    Raises :class:`ExportError` for a string input (naming the layers that read it) or an input that is
-    not 2-D.
+    Raises :class:`ExportError` for an input that is not 2-D (string inputs are split off before, by
+    :func:`exporters.text.split_front`).
     """
     try:
         tensors = list(model.inputs or [])
@@ -247,15 +233,6 @@ def _keras_inputs(model: Any) -> list[tuple[str, int | None]]:
     found = []
     for tensor in tensors:
         name = (getattr(tensor, "name", "") or "").split(":")[0]
-        if getattr(tensor.dtype, "name", tensor.dtype) == "string":
-            readers = _readers(model, tensor)
-            raise ExportError(
-                f"input {name!r} of model {model.name!r} takes strings"
-                + (f", read by layer {', '.join(readers)}" if readers else "")
-                + "; the exporter converts models whose inputs are integer ids (tf2onnx cannot convert "
-                "string processing). Run the string layers in your input pipeline and export the model "
-                "that starts at the ids they produce"
-            )
         shape = tuple(tensor.shape)
         if len(shape) != 2:
             raise ExportError(

@@ -40,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embed_runtime.contract import EmbeddingInfo
 
+from . import quantize
 from .errors import ExportError
 from .keras_model import KERAS3, EmbeddingLayer, KerasModelInfo
 from .tables import make_variable, table_attribute
@@ -274,12 +275,47 @@ def read_once(subs: Sequence[StandIn]) -> Iterator[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one table's bytes are in the data file."""
+    """Where one initializer's bytes (a table, or an int8 table's scales) are in the data file."""
 
     name: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     offset: int
     length: int
+
+
+def _storage(init: onnx.TensorProto, s: StandIn) -> str:
+    """The dtype the graph stores the stand-in's table in: the layer's, or one of
+    :func:`exporters.quantize.compact_tables`' (float16, int8)."""
+    if tuple(init.dims) != (s.rows, s.emb.shape[1]):
+        raise ExportError(f"initializer {s.onnx_name!r} is not the stand-in of {s.emb.name!r}")
+    stored = helper.tensor_dtype_to_np_dtype(init.data_type).name
+    allowed = {s.emb.dtype, *(quantize.TABLE_DTYPES if s.emb.dtype == "float32" else ())}
+    if stored not in allowed:
+        raise ExportError(f"table {s.onnx_name!r} has ONNX type {stored}, expected one of {sorted(allowed)}")
+    return stored
+
+
+class _DataFile:
+    """The data file being written: aligned blocks, hashed as they go."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.digest = hashlib.sha256()
+
+    def align(self) -> int:
+        padding = b"\0" * (-self.f.tell() % ALIGNMENT)
+        self.write(padding)
+        return int(self.f.tell())
+
+    def write(self, data: Any) -> None:
+        self.f.write(data)
+        self.digest.update(data)
+
+    def place(self, name: str, shape: tuple[int, ...], offset: int, want: int) -> Placement:
+        length = int(self.f.tell()) - offset
+        if length != want:
+            raise ExportError(f"wrote {length} bytes for {name!r}, expected {want}")
+        return Placement(name, shape, offset, length)
 
 
 def write_tables(
@@ -288,35 +324,36 @@ def write_tables(
     """Stream the real table of each stand-in the graph uses (``tables`` from :func:`read_once`) into
     ``data_path``, row chunk by row chunk; returns where each table went and the file's sha256 (hex).
 
-    Each table starts at an offset aligned to :data:`ALIGNMENT`. The graph is not changed: apply the
-    result with :func:`point_to`.
+    A table the graph stores compacted (float16 or int8, :mod:`exporters.quantize`) is compacted chunk by
+    chunk as it is written; an int8 table's scales (4 bytes a row, kept until the table is written) follow
+    it. Each block starts at an offset aligned to
+    :data:`ALIGNMENT`. The graph is not changed: apply the result with :func:`point_to`.
     """
     inits = {init.name: init for init in model.graph.initializer}
     placements = []
-    digest = hashlib.sha256()
     with open(data_path, "wb") as f:
+        out = _DataFile(f)
         for s in subs:
             init = inits.get(s.onnx_name)
             if init is None:
                 continue  # a layer the forward pass never uses
-            if tuple(init.dims) != (s.rows, s.emb.shape[1]):
-                raise ExportError(f"initializer {s.onnx_name!r} is not the stand-in of {s.emb.name!r}")
-            want = helper.np_dtype_to_tensor_dtype(np.dtype(s.emb.dtype))
-            if init.data_type != want:
-                raise ExportError(f"table {s.onnx_name!r} has ONNX type {init.data_type}, expected {want}")
-            padding = b"\0" * (-f.tell() % ALIGNMENT)
-            f.write(padding)
-            digest.update(padding)
-            offset = f.tell()
+            stored = _storage(init, s)
+            scales: list[np.ndarray] = []
+            offset = out.align()
             for chunk in iter_rows(tables[s.onnx_name], s.emb.dtype):
-                view = chunk.data.cast("B")
-                f.write(view)
-                digest.update(view)
-            length = f.tell() - offset
-            if length != table_bytes(s.emb):
-                raise ExportError(f"wrote {length} bytes for {s.emb.name!r}, expected {table_bytes(s.emb)}")
-            placements.append(Placement(s.onnx_name, s.emb.shape, offset, length))
-    return placements, digest.hexdigest()
+                if stored != s.emb.dtype:
+                    chunk, scale = quantize.compact_rows(chunk, stored)
+                    scales += [] if scale is None else [scale.astype("<f4")]
+                out.write(np.ascontiguousarray(chunk, chunk.dtype.newbyteorder("<")).data.cast("B"))
+            want = int(np.prod(s.emb.shape)) * np.dtype(stored).itemsize
+            placements.append(out.place(s.onnx_name, s.emb.shape, offset, want))
+            if scales:
+                offset = out.align()
+                for scale in scales:
+                    out.write(scale.data.cast("B"))
+                name = quantize.scale_name(s.onnx_name)
+                placements.append(out.place(name, (s.emb.shape[0], 1), offset, 4 * s.emb.shape[0]))
+    return placements, out.digest.hexdigest()
 
 
 def point_to(model: onnx.ModelProto, placements: Sequence[Placement], location: str) -> None:
@@ -333,4 +370,3 @@ def point_to(model: onnx.ModelProto, placements: Sequence[Placement], location: 
         del init.external_data[:]
         for key, value in (("location", location), ("offset", str(p.offset)), ("length", str(p.length))):
             init.external_data.add(key=key, value=value)
-

@@ -9,7 +9,8 @@ To add a pass (quantizing a table to int8, a text front end...): write one funct
 line to :data:`PASSES`. A pass may rely on everything the passes before it recorded. After the passes,
 the rewrite check requires outputs exactly equal to tf2onnx's graph and the parity check outputs within
 ``atol`` of Keras (:mod:`exporters.verify`): a pass that changes values on purpose, such as quantizing,
-has to relax the former. The graph-level primitives the passes call are in :mod:`exporters.rewrite`.
+records what it changed (:attr:`ExportState.compact`), and both checks then compare against the changed
+values (:func:`exporters.verify.compare_compact`, :func:`exporters.quantize.reference_raw`). The graph-level primitives the passes call are in :mod:`exporters.rewrite`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import onnx
 
 from embed_runtime.contract import EmbeddingInfo, mask_output_name
 
-from . import dims, large, naming, rewrite
+from . import dims, large, naming, quantize, rewrite
 from .errors import ExportError
 from .keras_model import EmbeddingLayer, KerasModelInfo
 from .lookups import MaskSource
@@ -55,6 +56,8 @@ class ExportState:
         stand_ins: the big tables converted as small stand-ins (:mod:`exporters.large`); empty otherwise.
         tables: the Embedding tables found in the graph, in the model's layer order.
         masks: the mask outputs added, for the parity check.
+        table_dtype: how the tables are stored (:data:`exporters.quantize.TABLE_DTYPES`).
+        compact: the tables stored in another dtype than Keras's (:func:`exporters.quantize.compact_tables`).
     """
 
     keras: KerasModelInfo
@@ -64,6 +67,8 @@ class ExportState:
     stand_ins: list[large.StandIn] = field(default_factory=list)
     tables: list[FoundTable] = field(default_factory=list)
     masks: list[MaskSource] = field(default_factory=list)
+    table_dtype: str = "float32"
+    compact: list[quantize.CompactTable] = field(default_factory=list)
 
     @property
     def lengths(self) -> dict[str, int | None]:
@@ -200,10 +205,12 @@ def check_stand_ins_gone(state: ExportState) -> None:
 def name_reproducibly(state: ExportState) -> None:
     """Name and order every node, intermediate value, initializer and unnamed dim from a walk of the graph
     instead of tf2onnx's per-process counters, keeping the graph's inputs, outputs and tables
-    (``<layer>.embeddings``): exporting one model twice gives the same bytes
+    (``<layer>.embeddings``, and ``<layer>.embeddings_scale`` of int8 tables): exporting one model twice gives the same bytes
     (:func:`exporters.naming.canonicalize`)."""
     tables = [table.layer.onnx_name for table in state.tables]
-    naming.canonicalize(state.model, tables, state.keras.model.name)
+    scales = [quantize.scale_name(name) for name in tables]  # <layer>.embeddings_scale, where there is one
+    present = {init.name for init in state.model.graph.initializer}
+    naming.canonicalize(state.model, tables + [n for n in scales if n in present], state.keras.model.name)
 
 
 Pass = Callable[[ExportState], None]
@@ -211,11 +218,13 @@ Pass = Callable[[ExportState], None]
 PASSES: tuple[Pass, ...] = (
     find_tables,
     describe_lookups,
+    quantize.keras_int8_lookups,
     add_mask_outputs,
     set_io_dims,
     remove_dead_nodes,
     name_tracking_dims,
     check_stand_ins_gone,
     name_reproducibly,
+    quantize.compact_tables,
 )
 """The rewrite passes in the order they run; a new pass is one function above and one line here."""

@@ -63,8 +63,10 @@ class ExportReport:
         lines.append(f"  opset {self.opset}, IR {self.ir_version}, {self.node_count} nodes: {ops}")
         for emb in self.embeddings:
             source = f"ids from {', '.join(emb.inputs)}" if emb.inputs else "ids computed in the model"
+            stored = "" if emb.table_dtype in ("float32", emb.dtype) else f" stored as {emb.table_dtype}"
+            stored += f" ({emb.quantization})" if emb.quantization else ""
             lines.append(
-                f"  embedding {emb.layer}: {emb.input_dim} x {emb.output_dim} {emb.dtype}, {source}"
+                f"  embedding {emb.layer}: {emb.input_dim} x {emb.output_dim} {emb.dtype}{stored}, {source}"
                 + (f", mask -> {emb.mask_output}" if emb.mask_output else "")
             )
         if self.parity is None:
@@ -77,6 +79,12 @@ class ExportReport:
             lines.append(
                 f"  parity vs Keras over {self.parity.cases} cases: max |onnx - keras| {diffs}; {masks}"
             )
+            if self.parity.exact_max_abs_diff is not None:
+                lines.append(
+                    "  vs Keras holding the dequantized tables: max |diff| "
+                    f"{self.parity.exact_max_abs_diff:.2e}"
+                )
+            lines += [f"  {table}" for table in self.parity.tables]
         if self.rewrite_max_abs_diff is not None:
             lines.append(f"  rewrite vs raw tf2onnx graph: max |diff| {self.rewrite_max_abs_diff:.1e}")
         return "\n".join(lines)

@@ -1,9 +1,12 @@
-"""Export-time checks on seeded ids: parity (the Keras model vs the exported graph, :func:`compare`) and
-the rewrite check (the raw tf2onnx graph vs the rewritten one, :func:`check_rewrite`)."""
+"""Export-time checks on seeded ids: parity (the Keras model vs the exported graph, :func:`compare`; with
+compact tables :func:`compare_compact`) and the rewrite check (the raw tf2onnx graph vs the rewritten one,
+:func:`check_rewrite`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +17,12 @@ from embed_runtime.contract import EmbeddingInfo
 
 from .convert import cpu_session
 from .errors import ExportError
-from .keras_model import KerasModelInfo, first_line
+from .keras_model import EmbeddingLayer, KerasModelInfo, first_line
+from .large import iter_rows, snapshot
 from .lookups import MaskSource, check_lookups, keras_mask, match_inputs
+from .quantize import CompactTable, TableError, compact_rows, dequantize, element_bound
 from .reference import KerasReference, KerasResult
+from .tables import table_attribute
 
 BATCH_SIZES = (1, 7, 32)
 DYNAMIC_LENGTHS = (1, 10, 37)
@@ -33,11 +39,17 @@ class Parity:
         equal_masks: the mask outputs compared with Keras's ``compute_mask`` in every case (all equal);
             empty when the graph has no mask output.
         cases: how many seeded cases were run.
+        exact_max_abs_diff, tables: see below (compact tables only).
     """
 
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     equal_masks: list[str] = field(default_factory=list)
     cases: int = 0
+    exact_max_abs_diff: float | None = None
+    """With compact tables (:func:`compare_compact`): the largest difference from the Keras model holding
+    the dequantized tables; ``max_abs_diff`` is then against the original model. None otherwise."""
+    tables: list[TableError] = field(default_factory=list)
+    """With compact tables: how far each compacted table's rows are from the original ones."""
 
     @property
     def worst(self) -> float:
@@ -114,6 +126,7 @@ def compare(
     names = list(info.output_names) + [m.output for m in masks]
     reference = KerasReference(info)
     cases = list(sample_feeds(_id_inputs(info, input_dims), seed))
+    finite: set[str] = set()  # float outputs for which Keras gave a finite value in some case
     for (case, feeds), batched in zip(cases, reference.batched([feeds for _, feeds in cases])):
         try:
             got = dict(zip(names, session.run(names, feeds)))
@@ -121,7 +134,7 @@ def compare(
             raise ExportError(
                 f"onnxruntime failed to run the exported graph ({case}): {first_line(exc)}"
             ) from None
-        check = (masks, embeddings, feeds, got, atol, case)
+        check = (masks, embeddings, feeds, got, atol, case, finite)
         try:
             diffs = _check_case(batched or reference(feeds), *check)
         except ExportError:
@@ -131,6 +144,12 @@ def compare(
         for name, diff in diffs.items():
             parity.max_abs_diff[name] = max(parity.max_abs_diff.get(name, 0.0), diff)
         parity.cases += 1
+    never = sorted(set(parity.max_abs_diff) - finite - {m.output for m in masks})
+    if never:  # NaN in every case: all-padding rows give NaN, but not every row of every case
+        raise ExportError(
+            f"Keras itself gives no finite value of output {never[0]!r} in any of the {parity.cases} cases: "
+            "the model's weights are probably not finite (did training diverge?); the graph was not written"
+        )
     parity.equal_masks = [m.output for m in masks]  # each compared in every case; a difference raised
     return parity
 
@@ -143,9 +162,10 @@ def _check_case(
     got: dict[str, np.ndarray],
     atol: float,
     case: str,
+    finite: set[str],
 ) -> dict[str, float]:
     """Check one case's lookups and outputs (``got``) against Keras's; returns the largest difference per
-    output other than a mask."""
+    output other than a mask, and adds to ``finite`` the outputs for which Keras gave a finite value."""
     want, calls = keras
     lookups = match_inputs(calls, feeds)
     check_lookups(lookups, masks, embeddings, case)
@@ -165,9 +185,12 @@ def _check_case(
                 raise ExportError(f"{kind} {name!r} differs from Keras at {bad} positions ({case})")
             if name not in masked:
                 diffs[name] = 0.0
+                finite.add(name)
             continue
+        if np.isfinite(expected).any():
+            finite.add(name)
         delta = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-        delta[np.isnan(actual) & np.isnan(expected)] = 0.0  # NaN where Keras has NaN too
+        delta[np.isnan(actual) & np.isnan(expected)] = 0.0  # NaN where Keras has NaN too (all-padding rows)
         diffs[name] = float(np.max(np.nan_to_num(delta, nan=np.inf), initial=0.0))
         limit = atol if expected.dtype != np.float16 else max(atol, 1e-2)
         if diffs[name] > limit:
@@ -197,3 +220,71 @@ def check_rewrite(
             f"the ONNX rewrite changed outputs by up to {worst:.3g}; this is a bug, please report it"
         )
     return worst
+
+
+def measure_table(emb: EmbeddingLayer, attribute: str, table_dtype: str) -> tuple[np.ndarray, TableError]:
+    """The dequantized values of ``emb``'s table stored as ``table_dtype`` (what the graph computes) and
+    their :class:`TableError`, computed row chunk by row chunk from the table the layer holds now in
+    ``attribute``."""
+    rows, width = emb.shape
+    deq = np.empty((rows, width), np.float32)
+    error = TableError(emb.name, table_dtype)
+    start = 0
+    for chunk in iter_rows(snapshot(emb.layer.__dict__[attribute]), emb.dtype):
+        stored, scale = compact_rows(chunk, table_dtype)
+        deq[start : start + len(chunk)] = dequantize(stored, scale)
+        error.update(chunk, deq[start : start + len(chunk)], element_bound(chunk, scale), start)
+        start += len(chunk)
+    return deq, error
+
+
+@contextmanager
+def holding(tables: Sequence[tuple[EmbeddingLayer, np.ndarray]], attribute: str) -> Iterator[None]:
+    """While the block runs, each layer of ``tables`` (``(layer, values)``) holds ``values`` as its table
+    in ``attribute``; the tables are back afterwards."""
+    import tensorflow as tf
+
+    swapped = []
+    try:
+        for emb, values in tables:
+            swapped.append((emb, emb.layer.__dict__[attribute]))
+            object.__setattr__(emb.layer, attribute, tf.convert_to_tensor(values))
+        yield
+    finally:
+        for emb, original in reversed(swapped):
+            object.__setattr__(emb.layer, attribute, original)
+
+
+def compare_compact(
+    info: KerasModelInfo,
+    compact: Sequence[CompactTable],
+    table_dtype: str,
+    compare_at: Callable[[float], Parity],
+    atol: float,
+) -> Parity:
+    """:func:`compare` for a graph with compact tables (``compare_at(tolerance)`` runs :func:`compare` on
+    it): within ``atol`` of the Keras model holding the dequantized tables (``exact_max_abs_diff``), every
+    table element within its bound (``tables``, see :class:`exporters.quantize.TableError`), and the
+    differences from the original model measured (``max_abs_diff``); a non-finite difference fails."""
+    attribute = table_attribute(info.flavour)
+    measured = [(c.layer, *measure_table(c.layer, attribute, table_dtype)) for c in compact]
+    with holding([(emb, deq) for emb, deq, _ in measured], attribute):
+        try:
+            exact = compare_at(atol)
+        except ExportError as exc:
+            raise ExportError(
+                f"with {table_dtype} tables, the graph must match the Keras model holding the dequantized "
+                f"tables, but: {exc}. A table the graph also reads outside a lookup, copied into another "
+                "constant (a tied output projection), keeps its float values there; export such a model "
+                "with table_dtype='float32'"
+            ) from None
+    parity = compare_at(math.inf)
+    for name, diff in parity.max_abs_diff.items():
+        if not math.isfinite(diff):
+            raise ExportError(
+                f"output {name!r} is not finite with the {table_dtype} tables where Keras's is; export "
+                "with table_dtype='float32'"
+            )
+    parity.exact_max_abs_diff = exact.worst
+    parity.tables = [error for _, _, error in measured]
+    return parity

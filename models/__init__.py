@@ -5,7 +5,8 @@ Every model lives in ``models/<name>/``: ``__init__.py`` (its :class:`ModelInfo`
 ``compile``/``fit`` arguments and the golden-input recipe, tied up in ``RECIPE``, a
 :class:`models._common.Recipe`; ``build_and_train`` and ``golden_inputs`` come from it), and the committed
 artifacts ``model.onnx`` (exported with :func:`exporters.export_keras`) and ``golden.npz`` (inputs, Keras
-outputs and masks). ``models/_common.py`` is the generic trainer: seeding, fit, golden inputs, export and
+outputs and masks). The ``text`` model takes strings: its ``train.py`` trains on them itself and its
+``texts.json`` holds the golden strings, whose Keras ids ``golden.npz`` records. ``models/_common.py`` is the generic trainer: seeding, fit, golden inputs, export and
 record. ``python -m models.<name>.train`` or ``python -m models.build`` regenerates the artifacts; reading
 them needs no TensorFlow, training and exporting need the ``export`` extra.
 
@@ -48,6 +49,9 @@ class ModelInfo:
         committed_flavour: the flavour the committed ``model.onnx`` / ``golden.npz`` come from.
         atol: absolute tolerance of float outputs against Keras.
         atol_reason: why ``atol`` is not the default 1e-5 (empty when it is).
+        text: the Keras model takes strings (a ``TextVectorization`` in front of the graph's id input):
+            ``train.py`` has ``golden_texts()`` and ``keras_run(model, texts)``, ``texts.json`` the golden
+            strings.
     """
 
     name: str
@@ -58,6 +62,7 @@ class ModelInfo:
     committed_flavour: str = "keras3"
     atol: float = 1e-5
     atol_reason: str = ""
+    text: bool = False
 
     @property
     def folder(self) -> Path:
@@ -85,7 +90,7 @@ class ModelInfo:
         return importlib.import_module(f"models.{self.name}.train")
 
 
-NAMES = ("seed", "classifier", "recurrent", "tagger", "recommender", "shared", "all_args")
+NAMES = ("seed", "classifier", "recurrent", "tagger", "recommender", "shared", "all_args", "text")
 """The reference models, in the order ``python -m models.build`` writes them."""
 
 

@@ -6,7 +6,9 @@
 3. loads the ``.onnx`` in a fresh Python process that imports ``embed_runtime`` only, proves TensorFlow
    never got imported there, and runs the seed's ``randint(1000, size=(32, 10))`` batch;
 4. prints the graph's inputs and outputs, the parity against Keras ``predict``, and how fast the runtime
-   answers next to Keras ``predict``.
+   answers next to Keras ``predict``;
+5. strings in: runs the committed text model (``models/text``) on raw strings and prints each prediction
+   and mask, and its parity with Keras's recorded ids and outputs on the golden strings.
 """
 
 from __future__ import annotations
@@ -131,7 +133,39 @@ def main(argv: list[str] | None = None) -> int:
         f"   32 x 10 ids      {predict_32:>12,.0f} us {facts['run_32x10_us']:>12,.1f} us "
         f"{predict_32 / facts['run_32x10_us']:>10,.0f}x"
     )
-    return 0 if ok else 1
+    return 0 if text_section() and ok else 1
+
+
+def text_section() -> bool:
+    """Step 5: strings in, prediction and mask out; True when the golden strings reproduce Keras."""
+    import embed_runtime
+    from models import info
+
+    text = info("text")
+    rt = embed_runtime.load(text.onnx_path, providers="cpu")
+    print("\n5. strings in: models/text (TextVectorization -> Embedding(mask_zero) -> classifier), no Keras")
+    samples = [
+        "Return the final component of a pathname.",
+        "Split the string at the last occurrence of sep.",
+        "",
+    ]
+    out = rt.run(samples)
+    for sample, probability, mask in zip(samples, out["probability"][:, 0], out["mask"]):
+        tokens = int(mask.sum())
+        note = "  (all padding: Keras averages 0/0 too)" if not tokens else ""
+        print(f"   {sample!r:<50} file-system {probability:.3f}  mask: {tokens} of {mask.size} real{note}")
+    texts = json.loads((text.folder / "texts.json").read_text(encoding="utf-8"))
+    with np.load(text.golden_path) as golden:
+        ids, out = rt.tokenize(texts)[0], rt.run(texts)
+        same_ids = bool(np.array_equal(ids, golden["input.text"]))
+        diff = float(np.max(np.abs(out["probability"] - golden["output.probability"])))
+        masks = bool(np.array_equal(out["mask"], golden["output.mask"]))
+    ok = same_ids and masks and diff <= 1e-5
+    print(
+        f"   {len(texts)} golden strings: ids equal Keras's: {same_ids}; max |diff| {diff:.2e}; masks equal: "
+        f"{masks} -> {'OK' if ok else 'FAILED'}"
+    )
+    return ok
 
 
 if __name__ == "__main__":

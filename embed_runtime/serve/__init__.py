@@ -7,7 +7,13 @@ exit status 1 are shared with ``run``, ``info`` and ``bench``); ``python -m embe
 the same on its own. The package:
 
 * here: the options, model naming (:func:`model_specs`) and :func:`main` (load, then run uvicorn);
-* :mod:`~embed_runtime.serve.app`: the Starlette app, its V2 endpoints and :class:`ServeConfig`;
+* :mod:`~embed_runtime.serve.app`: the Starlette app, its V2 endpoints, readiness and :class:`ServeConfig`;
+* :mod:`~embed_runtime.serve.served`: one served model (checks, limits, run, warm-up) and the errors both
+  protocols share;
+* :mod:`~embed_runtime.serve.batcher`: dynamic batching (``--max-batch-size``, ``--max-queue-delay-us``);
+* :mod:`~embed_runtime.serve.repository`: ``--model-repository`` and the models served by name and version;
+* :mod:`~embed_runtime.serve.grpc`: the gRPC API (``--grpc-port``), on messages generated from
+  ``proto/grpc_predict_v2.proto``;
 * :mod:`~embed_runtime.serve.protocol`: reading a V2 request's header (strict JSON, shapes, datatypes);
 * :mod:`~embed_runtime.serve.limits`: the per-model request :class:`Limits`, checked before the data is
   decoded or the model runs;
@@ -30,9 +36,20 @@ from typing import Any
 from embed_runtime import ConfigurationError, load
 from embed_runtime.cli_common import add_session_arguments
 from embed_runtime.serve.app import ServeConfig, create_app
+from embed_runtime.serve.batcher import BatchSettings
 from embed_runtime.serve.limits import Limits
+from embed_runtime.serve.repository import ModelRepository
 
-__all__ = ["Limits", "ServeConfig", "add_arguments", "create_app", "limits_from_args", "main", "model_specs"]
+__all__ = [
+    "Limits",
+    "ServeConfig",
+    "add_arguments",
+    "batching_from_args",
+    "create_app",
+    "limits_from_args",
+    "main",
+    "model_specs",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -132,17 +149,66 @@ def limits_from_args(args: argparse.Namespace) -> tuple[Limits, dict[str, Limits
     return base, {name: dataclasses.replace(base, **values) for name, values in per_model.items()}
 
 
+def _named_values(flag: str, given: list[tuple[str | None, int | float]] | None) -> dict[str | None, int]:
+    """``NAME`` (``None``: every model) to ``N`` from a repeatable ``[NAME=]N`` option."""
+    values: dict[str | None, int] = {}
+    for name, value in given or []:
+        if name in values:
+            raise ConfigurationError(
+                f"{flag} is given twice for {'every model' if name is None else f'model {name!r}'}"
+            )
+        values[name] = int(value)
+    return values
+
+
+def batching_from_args(args: argparse.Namespace) -> tuple[BatchSettings | None, dict[str, BatchSettings]]:
+    """The dynamic batching of every model (``None``: off) and of the models given with ``NAME=N``.
+
+    Raises :class:`~embed_runtime.ConfigurationError` for a value given twice, or a delay given where no
+    batch size is.
+    """
+    sizes = _named_values("--max-batch-size", args.max_batch_size)
+    delays = _named_values("--max-queue-delay-us", args.max_queue_delay_us)
+    if delays and not sizes:
+        raise ConfigurationError("--max-queue-delay-us is given without --max-batch-size; give both")
+    settings: dict[str | None, BatchSettings] = {}
+    for name in {*sizes, *delays}:
+        size = sizes.get(name, sizes.get(None))
+        if size is None and name is None:
+            continue  # a delay for every model, used by the models given a size
+        if size is None:
+            raise ConfigurationError(
+                f"--max-queue-delay-us is given for model {name!r}, which has no --max-batch-size; give both"
+            )
+        settings[name] = BatchSettings(size, delays.get(name, delays.get(None, 0)))
+    default = settings.pop(None, None)
+    return default, {name: value for name, value in settings.items() if name is not None}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``."""
     defaults = ServeConfig()
     parser.add_argument(
         "models",
-        nargs="+",
+        nargs="*",
         metavar="[NAME=]PATH",
         help="ONNX model to serve; named after the file stem (or its folder for model.onnx) unless NAME= is given",
     )
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        metavar="DIR",
+        help="also serve every model of DIR/<name>/<version>/model.onnx (Triton's layout), with the V2 "
+        "repository extension to load and unload them while serving",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the Open Inference Protocol's gRPC API on this port of --host (default: no gRPC)",
+    )
     add_session_arguments(
         parser, threads_help="onnxruntime intra-op threads per model (default: onnxruntime's)"
     )
@@ -168,6 +234,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="[NAME=]N",
             help=f"{what}: N for every model, NAME=N for one (repeatable; default: "
             f"{getattr(defaults.limits, field_name) // unit}); more get 413",
+        )
+    for flag, what, default in (
+        (
+            "--max-batch-size",
+            "run concurrent requests of the same shape as one inference of up to N rows",
+            "off",
+        ),
+        ("--max-queue-delay-us", "microseconds the first request of a batch waits for others", "0"),
+    ):
+        parser.add_argument(
+            flag,
+            action="append",
+            type=_per_model(int),
+            metavar="[NAME=]N",
+            help=f"dynamic batching: {what}; N for every model, NAME=N for one (repeatable; default: {default})",
         )
     parser.add_argument(
         "--graceful-timeout",
@@ -202,6 +283,11 @@ def _log_config(level: str) -> dict[str, Any]:
     return config
 
 
+def _host(host: str) -> str:
+    """``host`` as the host part of a gRPC address (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def main(args: argparse.Namespace) -> int:
     """Load the models and serve them until SIGINT/SIGTERM; returns the exit status.
 
@@ -210,7 +296,12 @@ def main(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
+    if not args.models and args.model_repository is None:
+        raise ConfigurationError(
+            "give at least one model to serve, as [NAME=]PATH or with --model-repository DIR"
+        )
     limits, model_limits = limits_from_args(args)
+    batching, model_batching = batching_from_args(args)
     models = {
         name: load(path, providers=args.providers, threads=args.threads)
         for name, path in model_specs(args.models).items()
@@ -221,10 +312,19 @@ def main(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         limits=limits,
         model_limits=model_limits,
+        grpc_address=None if args.grpc_port is None else f"{_host(args.host)}:{args.grpc_port}",
+        graceful_timeout=args.graceful_timeout,
+        batching=batching,
+        model_batching=model_batching,
     )
+    repository = None
+    if args.model_repository is not None:
+        repository = ModelRepository(
+            args.model_repository, lambda path: load(path, providers=args.providers, threads=args.threads)
+        )
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(models, config),
+            create_app(models, config, repository),
             host=args.host,
             port=args.port,
             log_config=_log_config(args.log_level),

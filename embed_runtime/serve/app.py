@@ -6,13 +6,20 @@ memory held by bodies and responses is bounded. Request bodies are read on the e
 limit); decoding, the limit checks, inference and encoding run in a worker thread through an
 :class:`anyio.CapacityLimiter`, so the loop never blocks on a model and at most ``max_concurrency``
 requests are being decoded, run or encoded at once. The rest wait for a slot.
+
+The app's startup warms every model up in a thread (``/v2/health/live`` answers meanwhile, ``ready``
+after) and, with ``ServeConfig.grpc_address``, starts the gRPC API on the same event loop. With a model
+repository (:mod:`~embed_runtime.serve.repository`) it also serves the V2 repository extension.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -25,26 +32,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import embed_runtime
-from embed_runtime import ConfigurationError, Runtime, TensorInfo
-from embed_runtime.contract import PREFIX
-from embed_runtime.errors import EmbedRuntimeError, InferenceError
+from embed_runtime import ConfigurationError, Runtime
 from embed_runtime.serve.access_log import AccessLogMiddleware
-from embed_runtime.serve.codec import decode_inputs, encode_infer_response
+from embed_runtime.serve.batcher import Batcher, BatchSettings
 from embed_runtime.serve.compression import WBITS, decompress
-from embed_runtime.serve.limits import Limits, check_inputs, check_outputs, check_results, shape_stand_ins
+from embed_runtime.serve.limits import Limits
 from embed_runtime.serve.metrics import UNKNOWN_MODEL, ServeMetrics
-from embed_runtime.serve.protocol import (
-    InferRequest,
-    PayloadTooLargeError,
-    ProtocolError,
-    parse_infer_request,
-    v2_datatype,
-)
+from embed_runtime.serve.protocol import PayloadTooLargeError, ProtocolError
+from embed_runtime.serve.repository import ModelRepository, ServedModels
+from embed_runtime.serve.served import MODEL_VERSION, ServedModel, error_status, internal_error_message
 
 logger = logging.getLogger(__name__)
-
-MODEL_VERSION = "1"
-"""The only version of each model: a served file has no history."""
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -52,6 +50,10 @@ ADMITTED_PER_SLOT = 2
 """Inference requests admitted (holding a body or a response) per ``max_concurrency`` slot."""
 
 _SEND_CHUNK = 1 << 20
+
+OPENAPI = Path(__file__).with_name("openapi.json")
+"""The REST API's OpenAPI description (KServe's published V2 spec adjusted to what is implemented),
+served at ``/v2/openapi.json``."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class ServeConfig:
         access_log: whether to log one line per request to ``embed_runtime.serve.access``.
         limits: the request :class:`~embed_runtime.serve.limits.Limits` of every model ...
         model_limits: ... but those named here.
+        grpc_address: ``host:port`` to serve the gRPC API on (:mod:`~embed_runtime.serve.grpc`), started
+            and stopped with the app; ``None``: no gRPC.
+        graceful_timeout: seconds in-flight gRPC calls get to finish when the app stops.
+        batching: dynamic batching (:mod:`~embed_runtime.serve.batcher`) of every model (``None``: off) ...
+        model_batching: ... but those named here.
     """
 
     max_body_bytes: int = 64 * 1024 * 1024
@@ -71,89 +78,10 @@ class ServeConfig:
     access_log: bool = True
     limits: Limits = field(default_factory=Limits)
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
-
-
-def _tensor_metadata(spec: TensorInfo, extra: dict[str, int | None]) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": spec.name,
-        "datatype": v2_datatype(spec.dtype),
-        "shape": [-1 if d is None else int(d) for d in spec.shape],
-    }
-    params = {key: value for key, value in extra.items() if value is not None}
-    if params:
-        meta["parameters"] = params
-    return meta
-
-
-def _tensor_config(meta: dict[str, Any]) -> dict[str, Any]:
-    return {"name": meta["name"], "data_type": "TYPE_" + meta["datatype"], "dims": meta["shape"]}
-
-
-class ServedModel:
-    """One named model: its runtime, its limits and the V2 metadata computed once at start."""
-
-    def __init__(self, name: str, runtime: Runtime, limits: Limits) -> None:
-        self.name = name
-        self.runtime = runtime
-        self.limits = limits
-        self.max_json_values = limits.json_values(len(runtime.inputs))
-        self.output_names = [spec.name for spec in runtime.outputs]
-        inputs = [
-            _tensor_metadata(s, {"input_dim": s.input_dim, "input_length": s.input_length})
-            for s in runtime.inputs
-        ]
-        outputs = [_tensor_metadata(s, {}) for s in runtime.outputs]
-        self.metadata: dict[str, Any] = {
-            "name": name,
-            "versions": [MODEL_VERSION],
-            "platform": "onnx_onnxv1",
-            "inputs": inputs,
-            "outputs": outputs,
-            "parameters": {k: v for k, v in runtime.metadata.raw.items() if k.startswith(PREFIX)},
-        }
-        # Triton's model configuration, for clients that read it (perf_analyzer...)
-        self.config: dict[str, Any] = {
-            "name": name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "max_batch_size": 0,
-            "input": [_tensor_config(t) for t in inputs],
-            "output": [_tensor_config(t) for t in outputs],
-        }
-
-    def select_outputs(self, request: InferRequest) -> list[tuple[str, bool]]:
-        """``(name, binary)`` of each output to send back, in response order."""
-        if request.outputs is None:
-            return [(name, request.binary_output) for name in self.output_names]
-        selected = []
-        for out in request.outputs:
-            if out.name not in self.output_names:
-                raise ProtocolError(
-                    f"model {self.name!r} has no output {out.name!r}; its outputs are "
-                    + ", ".join(self.output_names)
-                )
-            selected.append((out.name, request.binary_output if out.binary is None else out.binary))
-        return selected
-
-    def infer(
-        self, body: bytes | bytearray, header_length: int | None, metrics: ServeMetrics
-    ) -> tuple[bytes, int | None]:
-        """Check, decode, run and encode one request; runs in a worker thread."""
-        request = parse_infer_request(body, header_length, self.max_json_values)
-        check_inputs(self.name, request.inputs, self.limits)
-        selected = self.select_outputs(request)
-        check_outputs(self.name, self.runtime, selected, shape_stand_ins(request.inputs), self.limits)
-        inputs = decode_inputs(request, body)
-        names = None if request.outputs is None else [n for n, _ in selected]
-        request_id = request.id
-        del request  # its parsed JSON data is no longer needed: free it before the run
-        start = perf_counter()
-        results = self.runtime.run(inputs, outputs=names)
-        metrics.run_seconds.labels(self.name).observe(perf_counter() - start)
-        check_results(self.name, self.runtime, selected, inputs, results, self.limits)
-        return encode_infer_response(
-            self.name, MODEL_VERSION, request_id, [(name, results[name], b) for name, b in selected]
-        )
+    grpc_address: str | None = None
+    graceful_timeout: float = 30.0
+    batching: BatchSettings | None = None
+    model_batching: Mapping[str, BatchSettings] = field(default_factory=dict)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -176,46 +104,77 @@ class _BodyResponse(Response):
 class InferenceApp:
     """Handlers and shared state; :func:`create_app` wires them into a Starlette app."""
 
-    def __init__(self, models: Mapping[str, Runtime], config: ServeConfig) -> None:
-        unknown = sorted(set(config.model_limits) - set(models))
-        if unknown:
+    def __init__(
+        self, models: Mapping[str, Runtime], config: ServeConfig, repository: ModelRepository | None = None
+    ) -> None:
+        on_disk = repository.names() if repository else []
+        names = [*models, *on_disk]
+        for what, named in (("limits are", config.model_limits), ("batching is", config.model_batching)):
+            unknown = sorted(set(named) - set(names))
+            if unknown:
+                raise ConfigurationError(
+                    f"{what} given for model(s) {', '.join(map(repr, unknown))}, which are not served; "
+                    "the models are " + (", ".join(map(repr, names)) or "none")
+                )
+        clash = sorted(set(models) & set(on_disk))
+        if clash:
             raise ConfigurationError(
-                f"limits are given for model(s) {', '.join(map(repr, unknown))}, which are not served; "
-                "the models are " + (", ".join(map(repr, models)) or "none")
+                f"model(s) {', '.join(map(repr, clash))} are given as paths and are in the model repository "
+                "too; name them differently with NAME=PATH"
             )
-        self.models = {
-            name: ServedModel(name, rt, config.model_limits.get(name, config.limits))
-            for name, rt in models.items()
-        }
         self.config = config
+        served: dict[str, Mapping[str, ServedModel]] = {
+            name: {MODEL_VERSION: ServedModel(name, rt, self.limits(name))} for name, rt in models.items()
+        }
+        for name in on_disk:
+            assert repository is not None
+            served[name] = repository.build(name, self.limits(name), {})
+        self.models = ServedModels(served, repository, set(models))
+        for model in self.models.all():
+            self.setup(model)
         self.metrics = ServeMetrics()
         self.limiter = anyio.CapacityLimiter(config.max_concurrency)
         self.admission = anyio.Semaphore(ADMITTED_PER_SLOT * config.max_concurrency)
-        self.server_metadata = {
+        self.server_metadata: dict[str, Any] = {
             "name": "embed-runtime",
             "version": embed_runtime.__version__,
             "extensions": ["binary_tensor_data"],
         }
+        self.openapi_spec = OPENAPI.read_bytes()
 
+    def limits(self, name: str) -> Limits:
+        """The request limits of model ``name``."""
+        return self.config.model_limits.get(name, self.config.limits)
+
+    def setup(self, model: ServedModel) -> None:
+        """Give ``model`` its batcher, when batching is on for it; before its warm-up (which probes it)."""
+        settings = self.config.model_batching.get(model.name, self.config.batching)
+        if settings is not None:
+            model.batcher = Batcher(model.name, model.runtime, settings)
     def _model(self, request: Request) -> ServedModel:
-        name = request.path_params["model"]
-        model = self.models.get(name)
-        if model is None:
-            raise HTTPException(
-                404, f"unknown model {name!r}; this server has: " + ", ".join(sorted(self.models))
-            )
-        version_ = request.path_params.get("version", MODEL_VERSION)
-        if version_ != MODEL_VERSION:
-            raise HTTPException(404, f"model {name!r} has no version {version_!r}; it has {MODEL_VERSION}")
-        return model
+        return self.models.lookup(request.path_params["model"], request.path_params.get("version"))
+
+    def is_ready(self) -> bool:
+        """Whether every model has run its warm-up inference (a read of flags: no lock, no waiting)."""
+        return all(model.ready for model in self.models.all())
+
+    def warm_up(self) -> None:
+        """Warm up every model in turn (in a thread started with the app)."""
+        for model in self.models.all():
+            model.warm_up()
 
     async def live(self, request: Request) -> Response:
-        """``GET /v2/health/live``."""
+        """``GET /v2/health/live``: 200 as soon as the server answers."""
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        """``GET /v2/health/ready``: every model is loaded before the app starts."""
-        return JSONResponse({"ready": True})
+        """``GET /v2/health/ready``: 200 once every model is warm, 503 before."""
+        ready = self.is_ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /v2/openapi.json``: :data:`OPENAPI`."""
+        return Response(self.openapi_spec, media_type="application/json")
 
     async def server_info(self, request: Request) -> Response:
         """``GET /v2``."""
@@ -223,7 +182,8 @@ class InferenceApp:
 
     async def model_metadata(self, request: Request) -> Response:
         """``GET /v2/models/{model}[/versions/{version}]``."""
-        return JSONResponse(self._model(request).metadata)
+        params = request.path_params
+        return JSONResponse(self.models.metadata(params["model"], params.get("version")))
 
     async def model_config(self, request: Request) -> Response:
         """``GET /v2/models/{model}[/versions/{version}]/config`` (Triton's model configuration extension)."""
@@ -232,7 +192,30 @@ class InferenceApp:
     async def model_ready(self, request: Request) -> Response:
         """``GET /v2/models/{model}[/versions/{version}]/ready``."""
         model = self._model(request)
-        return JSONResponse({"name": model.name, "ready": True})
+        return JSONResponse(
+            {"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503
+        )
+
+    async def repository_index(self, request: Request) -> Response:
+        """``POST /v2/repository/index``: every model on disk or loaded, each version with its state."""
+        return JSONResponse(self.models.index())
+
+    async def repository_change(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{model}/load`` and ``.../unload``: loading (and warming up) runs in
+        a worker thread outside the inference slots; the change is published at once when done."""
+        name, action = request.path_params["model"], request.url.path.rsplit("/", 1)[1]
+        try:
+            if action == "load":
+                await anyio.to_thread.run_sync(self.models.load, name, self.limits(name), self.setup)
+            else:
+                self.models.unload(name)
+        except Exception as exc:
+            status = error_status(exc)
+            if status is None:
+                logger.exception("%s of model %r failed", action, name)
+                return _error(500, internal_error_message(exc))
+            return _error(status, str(exc))
+        return JSONResponse({})
 
     async def prometheus(self, request: Request) -> Response:
         """``GET /metrics``."""
@@ -265,19 +248,14 @@ class InferenceApp:
             payload, json_length = await anyio.to_thread.run_sync(
                 self._infer_sync, model, body, header_length, encoding, limiter=self.limiter
             )
-        except HTTPException as exc:
-            return label, _error(exc.status_code, exc.detail)
-        except ProtocolError as exc:
-            return label, _error(exc.status, str(exc))
         except ClientDisconnect:
             return label, _error(400, "the client closed the connection before sending the whole body")
-        except InferenceError as exc:
-            return label, _error(500, str(exc))
-        except EmbedRuntimeError as exc:
-            return label, _error(400, str(exc))
         except Exception as exc:
-            logger.exception("inference request on model %r failed", label)
-            return label, _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+            status = error_status(exc)
+            if status is None:
+                logger.exception("inference request on model %r failed", label)
+                return label, _error(500, internal_error_message(exc))
+            return label, _error(status, str(exc))
         if json_length is None:
             return label, _BodyResponse(payload, media_type="application/json")
         return label, _BodyResponse(
@@ -325,28 +303,59 @@ class _Endpoint:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (unknown route, wrong method) as ``{"error": ...}``.
+    """Starlette's own 404/405 (unknown route, wrong method) and an unknown model or version (404) as
+    ``{"error": ...}``.
 
-    Registered for :class:`HTTPException` only; Starlette types every handler as taking an ``Exception``,
-    so the handler narrows it as Starlette's own does.
+    Registered for :class:`HTTPException` and :class:`ProtocolError` only; Starlette types every handler as
+    taking an ``Exception``, so the handler narrows it as Starlette's own does.
     """
-    assert isinstance(exc, HTTPException)
-    return _error(exc.status_code, exc.detail)
+    if isinstance(exc, HTTPException):
+        return _error(exc.status_code, exc.detail)
+    assert isinstance(exc, ProtocolError)
+    return _error(exc.status, str(exc))
 
 
-def create_app(models: Mapping[str, Runtime], config: ServeConfig | None = None) -> Starlette:
-    """The V2 ASGI app serving ``models`` (name to loaded runtime).
+def _lifespan(handlers: InferenceApp) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """Start the models' warm-up in a thread (the server answers ``live`` meanwhile, ``ready`` after) and,
+    when configured, the gRPC server on the same event loop; stop the gRPC server with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        threading.Thread(target=handlers.warm_up, name="embed-runtime-warm-up", daemon=True).start()
+        address = handlers.config.grpc_address
+        if address is None:
+            yield
+            return
+        from embed_runtime.serve.grpc import start_grpc_server  # grpcio is only needed for gRPC
+
+        server = await start_grpc_server(handlers, address)
+        try:
+            yield
+        finally:
+            await server.stop(handlers.config.graceful_timeout)
+
+    return lifespan
+
+
+def create_app(
+    models: Mapping[str, Runtime],
+    config: ServeConfig | None = None,
+    repository: ModelRepository | None = None,
+) -> Starlette:
+    """The V2 ASGI app serving ``models`` (name to loaded runtime) and every model of ``repository``, which
+    it loads here, with the repository extension's endpoints.
 
     Raises :class:`~embed_runtime.ConfigurationError` when ``config.model_limits`` names a model that is
-    not in ``models``.
+    not served, or a model is both in ``models`` and in the repository.
     """
     config = config or ServeConfig()
-    handlers = InferenceApp(models, config)
+    handlers = InferenceApp(models, config, repository)
     model_paths = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
     routes = [
         Route("/v2/health/live", handlers.live, methods=["GET"]),
         Route("/v2/health/ready", handlers.ready, methods=["GET"]),
         Route("/v2", handlers.server_info, methods=["GET"]),
+        Route("/v2/openapi.json", handlers.openapi, methods=["GET"]),
         Route("/metrics", handlers.prometheus, methods=["GET"]),
     ]
     for base in model_paths:
@@ -356,7 +365,17 @@ def create_app(models: Mapping[str, Runtime], config: ServeConfig | None = None)
             Route(base + "/config", handlers.model_config, methods=["GET"]),
             Route(base + "/infer", _Endpoint(handlers.infer), methods=["POST"]),
         ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    if repository is not None:
+        routes += [
+            Route("/v2/repository/index", handlers.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", handlers.repository_change, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", handlers.repository_change, methods=["POST"]),
+        ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, ProtocolError: _http_error},
+        lifespan=_lifespan(handlers),
+    )
     app.state.handlers = handlers
     if config.access_log:
         app.add_middleware(AccessLogMiddleware)

@@ -2,7 +2,10 @@
 
 JSON ``data`` is flat or nested row-major; every value must have the JSON type of the datatype (integers
 for integer datatypes, ``true``/``false`` for ``BOOL``, numbers for floats), so that ``[1, true]`` is not
-read as ``[1, 1]``. Binary data is little-endian and row-major, ``BOOL`` one byte per element.
+read as ``[1, 1]``; ``BYTES`` data must be strings. Binary data is little-endian and row-major, ``BOOL``
+one byte per element, ``BYTES`` each element a 4-byte little-endian length and its bytes (Triton's
+encoding); ``BYTES`` inputs decode to ``object`` arrays of ``str`` (JSON) or ``bytes`` (binary), which the
+runtime's text front end checks (UTF-8) and tokenizes.
 
 Responses follow RFC 8259 JSON: a float output holding ``NaN`` or an infinity cannot be sent as JSON data
 and is refused (:class:`~embed_runtime.serve.protocol.UnrepresentableError`, 422) with a message telling
@@ -21,6 +24,9 @@ from typing import Any
 import numpy as np
 
 from embed_runtime.serve.protocol import (
+    BYTES,
+    BYTES_PREFIX,
+    TEXT_DTYPE,
     InferRequest,
     ProtocolError,
     UnrepresentableError,
@@ -31,10 +37,10 @@ from embed_runtime.serve.protocol import (
 _CHUNK = 1 << 16
 """Values encoded to JSON at a time."""
 
-_JSON_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}
+_JSON_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float), "O": (str,)}
 """Python types of the JSON values each kind of datatype accepts (``bool`` is not an ``int`` here)."""
 
-_JSON_WORDS = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers"}
+_JSON_WORDS = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers", "O": "strings"}
 
 _TYPE_WORDS = {bool: "booleans", int: "integers", float: "floats", str: "strings", list: "lists"}
 
@@ -114,16 +120,45 @@ def decode_binary_data(dtype: np.dtype, shape: tuple[int, ...], raw: memoryview)
     return arr
 
 
+def decode_binary_bytes(name: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+    """An ``object`` array of ``bytes`` from binary ``BYTES`` data: each element a 4-byte little-endian
+    length and that many bytes, row-major; the lengths must account for the data exactly."""
+    count = math.prod(shape)
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(raw)
+    for i in range(count):
+        where = f"input {name!r}: {BYTES} element at {_position(i, shape)}"
+        if pos + BYTES_PREFIX > end:  # the parser checked room for every prefix: a previous length lied
+            raise ProtocolError(f"{where} has no room left for its {BYTES_PREFIX}-byte length prefix")
+        size = int.from_bytes(raw[pos : pos + BYTES_PREFIX], "little")
+        pos += BYTES_PREFIX
+        if pos + size > end:
+            raise ProtocolError(
+                f"{where} declares {size:,} bytes but only {end - pos:,} are left in its binary data"
+            )
+        out[i] = raw[pos : pos + size].tobytes()
+        pos += size
+    if pos != end:
+        raise ProtocolError(
+            f"input {name!r}: {end - pos:,} bytes of binary {BYTES} data are left after its {count:,} "
+            "length-prefixed elements"
+        )
+    return out.reshape(shape)
+
+
 def decode_inputs(request: InferRequest, body: bytes | bytearray) -> dict[str, np.ndarray]:
     """Input name to array, in request order, for a request read by
     :func:`~embed_runtime.serve.protocol.parse_infer_request` from ``body``."""
     view = memoryview(body)
-    return {
-        spec.name: decode_json_data(spec.name, spec.dtype, spec.shape, spec.data)
-        if spec.binary is None
-        else decode_binary_data(spec.dtype, spec.shape, view[spec.binary])
-        for spec in request.inputs
-    }
+    arrays = {}
+    for spec in request.inputs:
+        if spec.binary is None:
+            arrays[spec.name] = decode_json_data(spec.name, spec.dtype, spec.shape, spec.data)
+        elif spec.dtype == TEXT_DTYPE:
+            arrays[spec.name] = decode_binary_bytes(spec.name, spec.shape, view[spec.binary])
+        else:
+            arrays[spec.name] = decode_binary_data(spec.dtype, spec.shape, view[spec.binary])
+    return arrays
 
 
 def _json_data(name: str, arr: np.ndarray) -> Iterator[bytes]:

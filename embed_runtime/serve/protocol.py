@@ -4,7 +4,8 @@ A request body is a JSON object, optionally followed by raw tensor bytes: the ``
 header then gives the JSON's length, and each binary input carries ``parameters.binary_data_size``; the raw
 blocks follow the JSON in input order. Outputs go back the same way when asked with ``binary_data`` (per
 output) or ``binary_data_output`` (per request). Tensors are little-endian and row-major; ``BOOL`` is one
-byte per element.
+byte per element. ``BYTES`` (the texts of a text model's string input) is JSON strings, or in binary each
+element as a 4-byte little-endian length followed by that many bytes (Triton's encoding).
 
 :func:`parse_infer_request` reads the JSON and checks its structure, shapes and datatypes but decodes no
 tensor data, so that the server can hold a request against its limits before any real work;
@@ -36,9 +37,17 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-"""V2 datatypes this server reads and writes (``BYTES`` and ``BF16`` are not among them)."""
+"""V2 datatypes of numbers this server reads and writes (``BF16`` is not among them; ``BYTES``: below)."""
 
-_NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+BYTES = "BYTES"
+"""The V2 datatype of texts, read (never written) as a numpy ``object`` array of ``str`` or ``bytes``."""
+
+TEXT_DTYPE = np.dtype(object)
+
+BYTES_PREFIX = 4
+"""Bytes of the little-endian length before each element of binary ``BYTES`` data."""
+
+_NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()} | {TEXT_DTYPE: BYTES}
 
 MAX_RANK = 32
 """Most axes a tensor may have (numpy's own limit is 64; an id input has 2)."""
@@ -164,10 +173,12 @@ def _name(value: Any, what: str) -> str:
 
 
 def _numpy_dtype(name: str, datatype: Any) -> np.dtype:
+    if datatype == BYTES:
+        return TEXT_DTYPE
     try:
         return V2_TO_NUMPY[datatype]
     except (KeyError, TypeError):
-        known = ", ".join(V2_TO_NUMPY)
+        known = ", ".join(V2_TO_NUMPY) + f", {BYTES} (texts)"
         raise ProtocolError(
             f"input {name!r}: unsupported datatype {short_text(datatype)}; supported: {known}"
         ) from None
@@ -245,7 +256,13 @@ def _parse_input(entry: Any, offset: int, body_length: int) -> InputSpec:
     count = 1
     for d in shape:
         count *= d
-    if size != count * dtype.itemsize:
+    if dtype == TEXT_DTYPE:  # the length prefixes are read when the data is decoded
+        if size < count * BYTES_PREFIX:
+            raise ProtocolError(
+                f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of {BYTES} needs "
+                f"at least {count * BYTES_PREFIX} ({BYTES_PREFIX}-byte length prefixes)"
+            )
+    elif size != count * dtype.itemsize:
         raise ProtocolError(
             f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
             f"{v2_datatype(dtype)} needs {count * dtype.itemsize}"

@@ -7,6 +7,7 @@ Run ``python -m models.build`` to regenerate the committed files when this fails
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 from pathlib import Path
@@ -93,11 +94,36 @@ def test_committed_files_exist() -> None:
         assert info.golden_path.is_file(), info.golden_path
 
 
+def _keras_now(info: models.ModelInfo, model: Any, path: Path, inputs: dict[str, np.ndarray]) -> Any:
+    """The retrained Keras model's outputs and masks on the golden inputs (on the golden strings for a
+    model that takes text)."""
+    from models._common import keras_masks, keras_predict
+
+    if info.text:
+        run = info.train_module().keras_run(model, _texts(info))
+        return {k.removeprefix("output."): v for k, v in run.items() if k.startswith("output.")}
+    keras_now = keras_predict(model, [i.name for i in info.inputs], info.outputs, inputs)
+    keras_now.update(keras_masks(model, path, inputs))
+    return keras_now
+
+
+def _texts(info: models.ModelInfo) -> list[str]:
+    texts: list[str] = json.loads((info.folder / "texts.json").read_text(encoding="utf-8"))
+    return texts
+
+
 def test_golden_inputs_current(regenerated: tuple[models.ModelInfo, Any, Path]) -> None:
-    """``golden.npz`` holds exactly the inputs ``train.golden_inputs()`` makes, int64."""
-    info, _, _ = regenerated
+    """``golden.npz`` holds exactly the inputs ``train.golden_inputs()`` makes, int64; for a text model,
+    ``texts.json`` the strings ``train.golden_texts()`` gives and ``golden.npz`` the ids Keras gives them."""
+    info, model, _ = regenerated
     inputs, outputs = _golden(info.golden_path)
-    expected = info.train_module().golden_inputs()
+    train = info.train_module()
+    if info.text:
+        assert _texts(info) == train.golden_texts(), REBUILD.format(name=info.name)
+        run = train.keras_run(model, _texts(info))
+        expected = {k.removeprefix("input."): v for k, v in run.items() if k.startswith("input.")}
+    else:
+        expected = train.golden_inputs()
     assert sorted(inputs) == sorted(expected), REBUILD.format(name=info.name)
     for name, ids in expected.items():
         assert inputs[name].dtype == np.int64
@@ -115,12 +141,10 @@ def test_outputs_current(regenerated: tuple[models.ModelInfo, Any, Path]) -> Non
     """On the golden inputs, the committed outputs match the retrained Keras model, the fresh export and
     the committed ONNX file, within the model's parity tolerance; masks exactly."""
     from embed_runtime import load
-    from models._common import keras_masks, keras_predict
 
     info, model, path = regenerated
     inputs, committed = _golden(info.golden_path)
-    keras_now = keras_predict(model, [i.name for i in info.inputs], info.outputs, inputs)
-    keras_now.update(keras_masks(model, path, inputs))
+    keras_now = _keras_now(info, model, path, inputs)
     stale = REBUILD.format(name=info.name)
     _assert_close(keras_now, committed, info.atol, f"retrained Keras vs golden.npz ({stale})")
     feeds: Any = inputs if len(inputs) > 1 else next(iter(inputs.values()))

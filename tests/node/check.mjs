@@ -9,6 +9,12 @@
 // absolute; masks and any other non-float output must be exactly equal, with the same dtype and shape.
 // The model's input and output names must match the golden keys one for one.
 //
+// A model that takes text (texts.json beside it: the golden strings; the artifact's `embed_runtime.text`
+// metadata: the declared spec) is also run from its strings: the check reads the spec from the ONNX file,
+// tokenizes the strings itself (standardize, split, lookup, padding, as the spec and README say: ASCII-only
+// lowercasing, ASCII punctuation and ASCII whitespace), requires the ids to equal Keras's (`input.<name>`)
+// one for one, and runs the model on them.
+//
 // Exits 1 on any mismatch, on a model.onnx without golden.npz (or the reverse), on an unreadable file, or
 // when no fixture is found at all. --self-test first runs the normal check, then perturbs each golden
 // output in memory (one float by 1e-3, one mask value flipped, one float by 1e-6, a tenth of the tolerance) and
@@ -230,12 +236,111 @@ function compareAll(golden, results) {
   return { ok: problems.length === 0, summary: parts.join(', '), problems };
 }
 
+// ---------------------------------------------------------------- text: the declared spec, in JS
+
+function readVarint(buf, pos) {
+  let value = 0;
+  let scale = 1;
+  for (;;) {
+    if (pos >= buf.length) throw new FixtureError('truncated protobuf varint');
+    const b = buf[pos++];
+    value += (b & 0x7f) * scale;
+    if (!(b & 0x80)) return [value, pos];
+    scale *= 128;
+  }
+}
+
+function protoFields(buf) {
+  // Top-level [field number, wire type, value] of a protobuf message; length-delimited values as bytes.
+  const fields = [];
+  let pos = 0;
+  while (pos < buf.length) {
+    let key;
+    [key, pos] = readVarint(buf, pos);
+    const field = Math.floor(key / 8);
+    const wire = key % 8;
+    if (wire === 0) { let v; [v, pos] = readVarint(buf, pos); fields.push([field, wire, v]); }
+    else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else if (wire === 2) {
+      let n;
+      [n, pos] = readVarint(buf, pos);
+      fields.push([field, wire, buf.subarray(pos, pos + n)]);
+      pos += n;
+    } else throw new FixtureError(`unsupported protobuf wire type ${wire}`);
+  }
+  return fields;
+}
+
+function onnxMetadata(path) {
+  // ModelProto.metadata_props (field 14): StringStringEntryProto {key = 1, value = 2}.
+  const props = {};
+  for (const [field, wire, value] of protoFields(readFileSync(path))) {
+    if (field !== 14 || wire !== 2) continue;
+    const entry = Object.fromEntries(protoFields(value).map(([f, , v]) => [f, Buffer.from(v).toString('utf8')]));
+    props[entry[1]] = entry[2] ?? '';
+  }
+  return props;
+}
+
+const ASCII_PUNCTUATION = /[!"#$%&()*+,\-./:;<=>?@[\\\]^_`{|}~']/g; // Keras's DEFAULT_STRIP_REGEX
+const ASCII_WHITESPACE = /[ \t\n\v\f\r]+/; // tf.strings.split: ASCII whitespace only
+
+function tokens(spec, text) {
+  if (spec.standardize === 'lower' || spec.standardize === 'lower_and_strip_punctuation') {
+    text = text.replace(/[A-Z]+/g, (m) => m.toLowerCase()); // tf.strings.lower: ASCII only
+  }
+  if (spec.standardize === 'strip_punctuation' || spec.standardize === 'lower_and_strip_punctuation') {
+    text = text.replace(ASCII_PUNCTUATION, '');
+  }
+  if (spec.split === 'whitespace') return text.split(ASCII_WHITESPACE).filter((t) => t !== '');
+  if (spec.split === 'character') return Array.from(text); // one token per code point
+  if (spec.split === null) return [text];
+  throw new FixtureError(`text spec of ${spec.input}: split ${JSON.stringify(spec.split)} is not one this check implements`);
+}
+
+function tokenize(spec, texts) {
+  if (spec.layer_class !== 'TextVectorization' || spec.num_oov_indices !== 1) {
+    throw new FixtureError(`text spec of ${spec.input}: only TextVectorization with one OOV index is implemented here`);
+  }
+  const ids = new Map(spec.vocabulary.map((token, i) => [token, i]));
+  const oov = ids.get(spec.oov_token);
+  const rows = texts.map((t) => tokens(spec, t).map((token) => ids.get(token) ?? oov));
+  const length = spec.output_sequence_length ?? Math.max(1, ...rows.map((r) => r.length));
+  const data = new BigInt64Array(texts.length * length);
+  rows.forEach((row, i) => row.slice(0, length).forEach((id, j) => { data[i * length + j] = BigInt(id); }));
+  return { type: 'int64', dims: [texts.length, length], data };
+}
+
+function sameIds(a, b) {
+  return sameDims(a.dims, b.dims) && a.data.length === b.data.length && a.data.every((v, i) => v === b.data[i]);
+}
+
+async function runText(dir, golden) {
+  // null without texts.json; else the golden with the ids tokenized here, after checking them.
+  const textsPath = join(dir, 'texts.json');
+  if (!existsSync(textsPath)) return null;
+  const texts = JSON.parse(readFileSync(textsPath, 'utf8'));
+  const declared = onnxMetadata(join(dir, 'model.onnx'))['embed_runtime.text'];
+  if (!declared) throw new FixtureError(`${dir}: texts.json but model.onnx declares no embed_runtime.text`);
+  const inputs = new Map(golden.inputs);
+  for (const [name, spec] of Object.entries(JSON.parse(declared))) {
+    const ids = tokenize(spec, texts);
+    const want = golden.inputs.get(name);
+    if (!want || !sameIds(ids, want)) {
+      const bad = want ? ids.data.findIndex((v, i) => v !== want.data[i]) : -1;
+      throw new FixtureError(`${dir}: ids of ${name} tokenized in JS [${ids.dims}] differ from golden.npz's [${want?.dims}] (first at flat index ${bad})`);
+    }
+    inputs.set(name, ids);
+  }
+  return { texts: texts.length, golden: { ...golden, inputs } };
+}
+
 // ---------------------------------------------------------------- running one fixture
 
-async function runFixture(dir) {
+async function runFixture(dir, golden = loadGolden(join(dir, 'golden.npz'))) {
   const modelPath = join(dir, 'model.onnx');
   const goldenPath = join(dir, 'golden.npz');
-  const golden = loadGolden(goldenPath);
   const session = await ort.InferenceSession.create(modelPath, { executionProviders: ['cpu'], logSeverityLevel: 3 });
   try {
     const feeds = {};
@@ -356,6 +461,14 @@ async function main(argv) {
       for (const p of cmp.problems) console.log(`     ${p}`);
       if (!cmp.ok) failures++;
       ran.push({ name, ...r });
+      const text = await runText(dir, r.golden);
+      if (text) {
+        const t = await runFixture(dir, text.golden);
+        const tc = compareAll(t.golden, t.results);
+        console.log(`${tc.ok ? 'PASS' : 'FAIL'} ${name} from strings: ids tokenized in JS equal golden.npz's for ${text.texts} texts; ${tc.summary}`);
+        for (const p of tc.problems) console.log(`     ${p}`);
+        if (!tc.ok) failures++;
+      }
     } catch (err) {
       console.log(`FAIL ${name}: ${err instanceof FixtureError ? err.message : err.stack ?? err}`);
       failures++;

@@ -34,6 +34,7 @@ class Exported:
         self.model = trained(name, flavour)
         self.path, self.report = exported(name, flavour)
         self.runtime = load(self.path, providers="cpu")
+        self.model_module = self.info.train_module()
 
     def keras(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Keras ``predict`` outputs and ``compute_mask`` masks, named like the graph outputs."""

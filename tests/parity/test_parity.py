@@ -3,12 +3,17 @@
 
 Batch sizes 1, 7 and 256; lengths 1, 10 and 300 where the length is dynamic (the static length where it is
 fixed); zero padding at the end, at the start and none. Float outputs within each model's ``atol``
-(1e-5 absolute for all of them), masks exactly equal.
+(1e-5 absolute for all of them), masks exactly equal. A model that takes strings (``text``) is compared on
+real text nobody here wrote instead: docstring lines of standard-library modules it was not trained on and
+the multi-script lines of ``tests/export/data/multiscript.txt``; its ids equal Keras's id for id.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +29,17 @@ pytestmark = pytest.mark.tf
 
 BATCH_SIZES = (1, 7, 256)
 LENGTHS = (1, 10, 300)
+TEXT_MODELS = [i.name for i in models.all_models() if i.text]
+UNSEEN_MODULES = ("json", "collections", "functools", "itertools", "argparse", "typing", "logging", "email")
+"""Standard-library modules whose docstrings no text model was trained on."""
+MULTISCRIPT = Path(__file__).resolve().parents[1] / "export" / "data" / "multiscript.txt"
 
 
 def _cases() -> list[Any]:
     cases = []
     for info in models.all_models():
+        if info.text:  # Keras takes strings: test_text_matches_keras
+            continue
         lengths = LENGTHS if info.dynamic_length else (None,)
         for flavour in info.flavours:
             for batch in BATCH_SIZES:
@@ -127,3 +138,38 @@ def test_tagger_time_distributed_in_tf_keras(exported: Any) -> None:
     assert type(tfk.get_layer("tags")).__name__ == "TimeDistributed"
     k3 = exported("tagger", "keras3").model
     assert type(k3.get_layer("tags")).__name__ == "Dense"
+
+
+@functools.cache
+def real_texts(name: str) -> tuple[str, ...]:
+    """Docstring lines of :data:`UNSEEN_MODULES` and the multi-script lines (accents, Cyrillic, Greek, CJK,
+    emoji, combining marks, tabs, no-break spaces), with ``""``."""
+    lines = importlib.import_module(f"models.{name}.train").docstring_lines(UNSEEN_MODULES)
+    # not splitlines(): the file has U+2028, U+0085, \v and \f inside lines
+    multiscript = MULTISCRIPT.read_text(encoding="utf-8").split("\n")[:-1]
+    return (*lines, *multiscript, "")
+
+
+def text_parity(model: Any, texts: list[str], where: str) -> None:
+    """Keras's ids equal the runtime's id for id; outputs within ``atol``, masks equal."""
+    want = model.model_module.keras_run(model.model, texts)
+    ids, mask = model.runtime.tokenize(texts)
+    np.testing.assert_array_equal(ids, want.pop("input.text"), err_msg=f"{where}: ids")
+    np.testing.assert_array_equal(mask, want["output.mask"], err_msg=f"{where}: tokenize mask")
+    want = {k.removeprefix("output."): v for k, v in want.items()}
+    assert_parity(model.runtime.run(texts), want, model.info.atol, where)
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+@pytest.mark.parametrize("flavour", models.FLAVOURS)
+@pytest.mark.parametrize("batch", (*BATCH_SIZES, None))
+def test_text_matches_keras(exported: Any, name: str, flavour: str, batch: int | None) -> None:
+    """Strings in: ids, outputs and masks equal Keras's on ``batch`` lines of real text drawn per case, or
+    on every line (``None``: a few thousand)."""
+    model = exported(name, flavour)
+    texts = list(real_texts(name))
+    if batch is not None:
+        case = f"{name} {flavour} text batch={batch}"
+        rng = np.random.default_rng(zlib.crc32(case.encode()))
+        texts = [texts[i] for i in rng.choice(len(texts) - 1, size=batch, replace=False)]  # not "" alone
+    text_parity(model, texts, f"{name} {flavour} {len(texts)} texts")

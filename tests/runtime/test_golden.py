@@ -1,7 +1,9 @@
-"""Committed reference models (``models/*/model.onnx``) reproduce their stored Keras outputs."""
+"""Committed reference models (``models/*/model.onnx``) reproduce their stored Keras outputs; a text model
+(``texts.json`` beside it) also from its strings, without TensorFlow."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from embed_runtime import InvalidInputError
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 FIXTURES = sorted(p.parent for p in MODELS.glob("*/model.onnx") if (p.parent / "golden.npz").is_file())
+TEXT_FIXTURES = [f for f in FIXTURES if (f / "texts.json").is_file()]
 
 
 def golden(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -27,6 +30,7 @@ def compare(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
         if expected.dtype == np.bool_:
             np.testing.assert_array_equal(got[name], expected, err_msg=name)
         else:
+            assert np.isfinite(expected).all(), f"{name}: golden.npz holds non-finite Keras outputs"
             np.testing.assert_allclose(got[name], expected, atol=1e-5, rtol=0, err_msg=name)
 
 
@@ -59,3 +63,22 @@ def test_golden(folder: Path) -> None:
     for emb in rt.metadata.embeddings:
         if emb.mask_output is not None and len(emb.inputs) == 1:
             np.testing.assert_array_equal(result[emb.mask_output], inputs[emb.inputs[0]] != 0)
+
+
+@pytest.mark.parametrize("folder", TEXT_FIXTURES, ids=[f.name for f in TEXT_FIXTURES])
+def test_golden_strings(folder: Path) -> None:
+    """Strings in (``texts.json``): the ids Keras's ``TextVectorization`` gave (``input.<name>``), its
+    outputs and masks, as a list, as numpy ``str``/``object``/``bytes`` arrays and batch by batch."""
+    texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
+    rt = embed_runtime.load(folder / "model.onnx", providers="cpu")
+    inputs, outputs = golden(folder)
+    (name,) = inputs
+    ids, mask = rt.tokenize(texts)
+    np.testing.assert_array_equal(ids, inputs[name])
+    np.testing.assert_array_equal(mask, inputs[name] != 0)
+    as_bytes = np.array([t.encode("utf-8") for t in texts], dtype=object)
+    for batch in (texts, np.array(texts), np.array(texts, dtype=object), as_bytes):
+        compare(rt.run(batch), outputs)
+    chunks = list(rt.run_batched(texts, batch_size=5, progress=False))  # each chunk padded on its own
+    floats = {n: v for n, v in outputs.items() if v.dtype != np.bool_}  # masks: each chunk's own length
+    compare({n: np.concatenate([c[n] for c in chunks]) for n in floats}, floats)

@@ -58,7 +58,8 @@ def test_json_datatypes(datatype: str, data: list, expected: np.ndarray) -> None
         ("UINT8", [-1, 0], "value -1 does not fit UINT8"),
         ("BOOL", [1, 0], "element at [0] is 1; BOOL data must be true or false, not integers"),
         ("INT64", [None, 1], "does not match datatype INT64"),
-        ("BYTES", ["a", "b"], "unsupported datatype 'BYTES'"),
+        ("BYTES", ["a", 1], "element at [1] is 1; BYTES data must be strings, not integers"),
+        ("BF16", [1.0, 2.0], "unsupported datatype 'BF16'"),
     ],
 )
 def test_json_data_rejected(datatype: str, data: list, text: str) -> None:

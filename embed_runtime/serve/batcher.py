@@ -1,0 +1,199 @@
+"""Dynamic batching of one served model (``--max-batch-size``, ``--max-queue-delay-us``).
+
+Requests whose inputs have the same shape past the batch axis (and the same dtypes and selected outputs)
+are concatenated along axis 0, run as one inference and split back. It works in the worker threads the
+server already runs requests in, so REST and gRPC requests batch alike: the first request of a batch
+(its leader) waits up to ``max_queue_delay_us`` for the batch to fill to ``max_batch_size`` rows, then
+for the model to be free (one batch runs at a time per model); requests arriving meanwhile join the
+batch. The others wait for the leader to hand them their rows. A batch that fails is run again request
+by request, so that each request gets its own result or error.
+
+Each request must get exactly the answer it gets alone. Gather-only models do at any batch size; models
+with MatMul/LSTM layers do not: onnxruntime's one-row kernels round differently (by about 1e-7) from its
+many-row ones, while the rows of any batch of two or more agree. :meth:`Batcher.probe` (run at warm-up)
+checks which holds: rows of a batch equal to their one-row runs (batching as is), else equal to runs on
+two rows (then every request, alone or not, runs on at least two rows, its own row repeated: its answer
+never depends on what it was batched with), else batching stays off for the model, with a warning.
+Requests are only batched with requests of the same sequence length: padding to a shared length is not
+done (a model whose outputs read the padded positions would answer differently).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embed_runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+Feeds = Mapping[str, np.ndarray]
+Results = dict[str, np.ndarray]
+
+PROBE_ROWS = 8
+"""Rows of the batch :meth:`Batcher.probe` compares with their runs alone."""
+
+PROBE_LENGTH = 8
+"""Length given to the dynamic axes other than the batch in the probe."""
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Dynamic batching of one model: at most ``max_batch_size`` rows per inference, and how long the
+    first request of a batch waits for others (microseconds; 0: only those that arrive while the model
+    runs the previous batch)."""
+
+    max_batch_size: int
+    max_queue_delay_us: int = 0
+
+
+@dataclass
+class _Batch:
+    feeds: list[Feeds] = field(default_factory=list)
+    rows: int = 0
+    full: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    outcomes: list[Results | Exception] = field(default_factory=list)
+
+
+def _rows(feeds: Feeds) -> int:
+    return len(next(iter(feeds.values())))
+
+
+def probe_feeds(runtime: Runtime) -> dict[str, np.ndarray]:
+    """:data:`PROBE_ROWS` random rows per input: valid ids for id inputs, normal floats, else zeros."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in runtime.inputs:
+        shape = [PROBE_ROWS if i == 0 else PROBE_LENGTH if d is None else d for i, d in enumerate(spec.shape)]
+        values: np.ndarray
+        if spec.dtype.kind in "iu":
+            values = rng.integers(0, spec.input_dim or 2, shape)
+        elif spec.dtype.kind == "f":
+            values = rng.standard_normal(shape)
+        else:
+            values = np.zeros(shape)
+        feeds[spec.name] = values.astype(spec.dtype)
+    return feeds
+
+
+def _key(feeds: Feeds, names: Sequence[str] | None) -> tuple[object, ...]:
+    shapes = tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(feeds.items()))
+    return shapes, None if names is None else tuple(names)
+
+
+class Batcher:
+    """The batches of one model's :class:`Runtime`; :meth:`run` is called from many threads at once."""
+
+    def __init__(self, name: str, runtime: Runtime, settings: BatchSettings) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.max_rows = settings.max_batch_size
+        self.delay = settings.max_queue_delay_us / 1e6
+        self.enabled = False
+        self.min_rows = 1
+        self._lock = threading.Lock()
+        self._model = threading.Lock()
+        self._open: dict[tuple[object, ...], _Batch] = {}
+
+    def probe(self) -> None:
+        """Decide, on :func:`probe_feeds`, whether and how batching keeps every answer exact (see the
+        module docstring); log the decision."""
+        feeds = probe_feeds(self.runtime)
+        rows = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(PROBE_ROWS)]
+        try:
+            batch = self.runtime.run(feeds)
+            for min_rows in (1, 2):
+                alone = [self._run(row, None, min_rows) for row in rows]
+                if all(np.array_equal(batch[k][i : i + 1], a[k]) for i, a in enumerate(alone) for k in a):
+                    self.enabled, self.min_rows = True, min_rows
+                    logger.info(
+                        "model %r: dynamic batching on (up to %d rows, %d us delay, >= %d rows per run)",
+                        self.name, self.max_rows, int(self.delay * 1e6), min_rows,
+                    )  # fmt: skip
+                    return
+            reason = "a batch's rows differ from the same rows run alone"
+        except Exception as exc:
+            reason = f"the probe batch failed: {exc}"
+        logger.warning("model %r: dynamic batching stays off: %s", self.name, reason)
+
+    def run(self, feeds: Feeds, names: Sequence[str] | None) -> Results:
+        """The outputs ``names`` (``None``: all) of checked ``feeds``, run in a batch with other requests
+        of the same shapes when batching is on."""
+        rows = _rows(feeds)
+        if not self.enabled or rows >= self.max_rows:
+            return self._run(feeds, names, self.min_rows)
+        key = _key(feeds, names)
+        with self._lock:
+            batch = self._open.get(key)
+            if batch is not None and batch.rows + rows > self.max_rows:
+                self._close(key, batch)
+                batch = None
+            leader = batch is None
+            if batch is None:
+                batch = self._open[key] = _Batch()
+            index = len(batch.feeds)
+            batch.feeds.append(feeds)
+            batch.rows += rows
+            if batch.rows >= self.max_rows:
+                self._close(key, batch)
+        if leader:
+            batch.full.wait(self.delay)
+            try:
+                with self._model:
+                    with self._lock:
+                        self._close(key, batch)
+                    batch.outcomes = self._outcomes(batch.feeds, names)
+            finally:  # the others never wait forever
+                batch.done.set()
+        else:
+            batch.done.wait()
+        outcome = batch.outcomes[index]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _close(self, key: tuple[object, ...], batch: _Batch) -> None:
+        """Let no more requests join ``batch`` (called holding ``_lock``)."""
+        if self._open.get(key) is batch:
+            del self._open[key]
+        batch.full.set()
+
+    def _outcomes(self, requests: list[Feeds], names: Sequence[str] | None) -> list[Results | Exception]:
+        """Each request's results: from one run of them all, or (when that fails) of each alone."""
+        if len(requests) > 1:
+            try:
+                merged = {k: np.concatenate([f[k] for f in requests]) for k in requests[0]}
+                results = self._run(merged, names, self.min_rows)
+            except Exception:
+                logger.debug("a batch of model %r failed; running its requests one by one", self.name)
+            else:
+                bounds = np.cumsum([0, *map(_rows, requests)])
+                return [{k: v[a:b] for k, v in results.items()} for a, b in itertools.pairwise(bounds)]
+        outcomes: list[Results | Exception] = []
+        for feeds in requests:
+            try:
+                outcomes.append(self._run(feeds, names, self.min_rows))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _run(self, feeds: Feeds, names: Sequence[str] | None, min_rows: int) -> Results:
+        """One inference on at least ``min_rows`` rows (the last row repeated); the rows of ``feeds``.
+        Raises when an output does not have one row per input row (it cannot be split)."""
+        rows = _rows(feeds)
+        if rows < min_rows:
+            extra = min_rows - rows
+            feeds = {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in feeds.items()}
+        results = self.runtime.run(feeds, outputs=names)
+        if rows < min_rows or self.enabled:
+            bad = [k for k, v in results.items() if v.ndim == 0 or len(v) != max(rows, min_rows)]
+            if bad:
+                raise ValueError(f"output(s) {', '.join(bad)} of model {self.name!r} have no batch axis")
+            results = {k: v[:rows] for k, v in results.items()}
+        return results

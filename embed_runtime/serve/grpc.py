@@ -1,0 +1,279 @@
+"""The Open Inference Protocol's gRPC API: ``inference.GRPCInferenceService`` (KServe's
+``grpc_predict_v2.proto``), served by ``grpc.aio`` on the REST server's event loop.
+
+ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with tensors either in
+``raw_input_contents`` (little-endian, row-major, ``BOOL`` one byte an element: tritonclient's default) or
+in the typed ``contents`` fields; outputs always go back in ``raw_output_contents``. A ModelInfer request
+is turned into the V2 HTTP body it stands for (a JSON header, then the raw blocks as binary tensor data)
+and runs through the same parser, limits, runtime and messages as a REST request, under the same
+``--max-concurrency`` slots; the HTTP status of an error maps to a gRPC status code (:data:`GRPC_CODES`).
+A message over ``--max-body-mb`` is refused by grpcio itself with ``RESOURCE_EXHAUSTED``.
+
+The message classes are generated from ``proto/grpc_predict_v2.proto`` (see ``proto/README.md`` for the
+command). Their package is ``inference``, as in tritonclient's own generated code: the two cannot be
+imported into one process (protobuf's default descriptor pool refuses the second definition), which is
+why this module is imported only when a gRPC port is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import grpc  # type: ignore[import-untyped]
+import numpy as np
+
+from embed_runtime import ConfigurationError
+from embed_runtime.serve.metrics import UNKNOWN_MODEL
+from embed_runtime.serve.proto import grpc_predict_v2_pb2 as pb
+from embed_runtime.serve.protocol import (
+    MAX_RANK,
+    V2_TO_NUMPY,
+    ProtocolError,
+    parse_infer_request,
+    v2_datatype,
+)
+from embed_runtime.serve.served import ServedModel, error_status, internal_error_message
+
+if TYPE_CHECKING:
+    from embed_runtime.serve.app import InferenceApp
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+
+GRPC_CODES: dict[int, Any] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+"""The gRPC status code of each HTTP status a request can fail with."""
+
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+"""The ``InferTensorContents`` field that holds each datatype (FP16 has none: it must be sent raw)."""
+
+
+def _check_raw_size(tensor: pb.ModelInferRequest.InferInputTensor, index: int, size: int) -> None:
+    """Refuse raw contents whose size does not match a valid shape and datatype (others are refused with
+    the V2 parser's own message)."""
+    dtype = V2_TO_NUMPY.get(tensor.datatype)
+    shape = list(tensor.shape)
+    if dtype is None or len(shape) > MAX_RANK or any(d < 0 for d in shape):
+        return
+    need = math.prod(shape) * dtype.itemsize
+    if size != need:
+        raise ProtocolError(
+            f"input {tensor.name!r}: raw_input_contents[{index}] has {size} bytes but shape {shape} of "
+            f"{tensor.datatype} needs {need}"
+        )
+
+
+def _contents_data(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
+    """The values of an input sent in its typed ``contents``, as the JSON ``data`` list of a V2 request."""
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    filled = [descriptor.name for descriptor, _ in tensor.contents.ListFields()]
+    if tensor.datatype in V2_TO_NUMPY and field is None:
+        raise ProtocolError(
+            f"input {tensor.name!r}: {tensor.datatype} data must be sent in raw_input_contents"
+        )
+    wrong = [name for name in filled if name != field]
+    if wrong:
+        raise ProtocolError(
+            f"input {tensor.name!r}: {tensor.datatype} contents go in {field}, but {', '.join(wrong)} is set"
+        )
+    return list(getattr(tensor.contents, field)) if field else []
+
+
+def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
+    """The V2 HTTP request body a ModelInfer request stands for, and its JSON header's length.
+
+    Raw contents become binary tensor data (one ``binary_data_size`` block per input, in order) and typed
+    contents JSON ``data``; every output is asked for as binary data. Raises :class:`ProtocolError` when
+    raw contents do not come one per input or are mixed with typed contents.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(
+            f"the request has {len(raw)} raw_input_contents for {len(request.inputs)} inputs; "
+            "give one per input, in input order"
+        )
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if raw:
+            if tensor.HasField("contents"):
+                raise ProtocolError(
+                    f"input {tensor.name!r} has contents although the request has raw_input_contents; "
+                    "send every input one way"
+                )
+            _check_raw_size(tensor, index, len(raw[index]))
+            entry["parameters"] = {"binary_data_size": len(raw[index])}
+        else:
+            entry["data"] = _contents_data(tensor)
+        inputs.append(entry)
+    header: dict[str, Any] = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+    if request.id:
+        header["id"] = request.id
+    if request.outputs:
+        header["outputs"] = [
+            {"name": out.name, "parameters": {"classification": 0}}
+            if "classification" in out.parameters
+            else {"name": out.name}
+            for out in request.outputs
+        ]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([head, *raw]), len(head)
+
+
+def _infer_sync(model: ServedModel, request: pb.ModelInferRequest, handlers: InferenceApp) -> Any:
+    """Check, decode, run and encode one ModelInfer request, as the REST path does; in a worker thread."""
+    body, header_length = v2_body(request)
+    parsed = parse_infer_request(body, header_length, model.max_json_values)
+    outputs = model.execute(*model.prepare(parsed, body), handlers.metrics)
+    response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+    for name, array, _ in outputs:
+        response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=array.shape)
+        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        response.raw_output_contents.append(raw.tobytes())
+    return response
+
+
+class InferenceService:
+    """The RPC handlers, over the REST app's models, metrics and concurrency limiter."""
+
+    def __init__(self, handlers: InferenceApp) -> None:
+        self.handlers = handlers
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.handlers.is_ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        """Ready: the model is served and warm; an unknown model or version is not ready."""
+        try:
+            model = self.handlers.models.lookup(request.name, request.version)
+        except ProtocolError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=model.ready)
+
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        meta = self.handlers.server_metadata
+        return pb.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        try:
+            meta = self.handlers.models.metadata(request.name, request.version)
+        except ProtocolError as exc:
+            await context.abort(GRPC_CODES[exc.status], str(exc))
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[
+                tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]
+            ],
+            outputs=[
+                tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]
+            ],
+        )
+
+    async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        """Inference, counted in the same metrics as REST (failures under their HTTP status)."""
+        start = perf_counter()
+        metrics = self.handlers.metrics
+        label, status, message = UNKNOWN_MODEL, 200, ""
+        metrics.in_flight.inc()
+        try:
+            model = self.handlers.models.lookup(request.model_name, request.model_version)
+            label = model.name
+            response: pb.ModelInferResponse = await anyio.to_thread.run_sync(
+                _infer_sync, model, request, self.handlers, limiter=self.handlers.limiter
+            )
+        except Exception as exc:
+            found = error_status(exc)
+            if found is None:
+                logger.exception("gRPC inference request on model %r failed", label)
+            status, message = found or 500, str(exc) if found else internal_error_message(exc)
+        finally:
+            metrics.in_flight.dec()
+        metrics.observe(label, status, perf_counter() - start)
+        if status != 200:
+            await context.abort(GRPC_CODES[status], message)
+        return response
+
+
+def _unary(method: Callable[[Any, Any], Awaitable[Any]], request_type: Any, response_type: Any) -> Any:
+    return grpc.unary_unary_rpc_method_handler(
+        method,
+        request_deserializer=request_type.FromString,
+        response_serializer=response_type.SerializeToString,
+    )
+
+
+async def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
+    """Start a ``grpc.aio`` server of :class:`InferenceService` on ``address`` (``host:port``) in the
+    running event loop; returns it (stop it with ``await server.stop(grace)``).
+
+    Raises :class:`~embed_runtime.ConfigurationError` when the address cannot be bound.
+    """
+    service = InferenceService(handlers)
+    methods = {
+        "ServerLive": _unary(service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": _unary(service.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": _unary(service.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": _unary(
+            service.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
+        ),
+        "ModelMetadata": _unary(service.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": _unary(service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+    }
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", handlers.config.max_body_bytes),
+            ("grpc.max_send_message_length", -1),  # responses are bounded by --max-output-mb
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
+        ]
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigurationError(f"cannot serve gRPC on {address}: {exc}") from None
+    if port == 0:
+        raise ConfigurationError(f"cannot serve gRPC on {address}: the address cannot be bound")
+    await server.start()
+    logger.info("gRPC inference service on %s", address)
+    return server

@@ -1,0 +1,78 @@
+"""``benchmarks/edge_compare.py``'s report on synthetic numbers: the paired table, the section written
+between its markers (the rest of the document kept byte for byte) and the plot. Neither TensorFlow nor
+LiteRT is needed: only the pure-Python parts run here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "edge_compare.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("edge_compare", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["edge_compare"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic(bench: ModuleType) -> list[object]:
+    row = bench.Row
+    return [
+        row("seed", "float32", "LiteRT", 1000, 0.010, 0.01, 2e-6, 4e-6, 0.0),
+        row("seed", "float32", "embed_runtime", 900, 0.020, 0.1, 3e-6, 5e-6, 0.0, 1.5e-6),
+        row("seed", "int8", "LiteRT", 300, 0.012, 0.01, 2e-6, 4e-6, 2.5e-3),
+        row("seed", "int8", "embed_runtime", 250, 0.015, 0.1, 1e-6, 6e-6, 1.25e-4, 0.5e-6),
+        row("1M x 64", "int8", "LiteRT", 64_000_000, 0.5, 0.01, 4e-6, 8e-6, 0.1),  # no partner: left out
+    ]
+
+
+def test_markdown_pairs_the_engines(bench: ModuleType) -> None:
+    lines = bench.markdown(synthetic(bench)).splitlines()
+    assert len(lines) == 4  # header, rule, one line per (model, dtype) that has both engines
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells == ["seed", "float32", "1,000 / 900", "10 ms / 20 ms", "2 us / 3 us", "4 us / 5 us",
+                     "1.50", "1.5 us", "0.00e+00 / 0.00e+00"]  # fmt: skip
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert cells[6] == "0.50" and cells[8] == "2.50e-03 / 1.25e-04"
+
+
+def test_section_replaces_only_its_markers(bench: ModuleType) -> None:
+    doc = f"# Edge\n\nbefore\n\n{bench.BEGIN}\nold numbers\n{bench.END}\n\n## Browser\n\nafter\n"
+    new = bench.replace_section(doc, "## Against LiteRT\n\nnew numbers\n")
+    section = f"{bench.BEGIN}\n## Against LiteRT\n\nnew numbers\n{bench.END}"
+    assert new == f"# Edge\n\nbefore\n\n{section}\n\n## Browser\n\nafter\n"
+    assert bench.replace_section(new, "## Against LiteRT\n\nnew numbers\n") == new
+
+
+def test_section_is_appended_once_then_replaced(bench: ModuleType) -> None:
+    first = bench.replace_section("# Edge\n\ntext\n", "one")
+    assert first == f"# Edge\n\ntext\n\n{bench.BEGIN}\none\n{bench.END}\n"
+    assert bench.replace_section(first, "two").count(bench.BEGIN) == 1
+
+
+def test_unclosed_marker_is_refused(bench: ModuleType) -> None:
+    with pytest.raises(ValueError, match="no closing"):
+        bench.replace_section(f"# Edge\n{bench.BEGIN}\nhalf\n", "x")
+
+
+def test_write_doc_writes_section_and_plot(bench: ModuleType, tmp_path: Path) -> None:
+    doc, image = tmp_path / "edge.md", tmp_path / "edge-litert.png"
+    doc.write_text("# Edge\n\n## Browser\n\nkept\n")
+    bench.write_doc(synthetic(bench), 12.0, doc, image)
+    text = doc.read_text()
+    assert text.startswith("# Edge\n\n## Browser\n\nkept\n\n" + bench.BEGIN + "\n## Against LiteRT\n")
+    assert text.endswith(bench.END + "\n") and "| seed | int8 | 300 / 250 |" in text
+    assert "whole run 12 s" in text and "![embed_runtime vs LiteRT](edge-litert.png)" in text
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

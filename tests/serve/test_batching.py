@@ -1,0 +1,200 @@
+"""Dynamic batching (``--max-batch-size``, ``--max-queue-delay-us``): each request gets exactly the answer
+it gets alone, under concurrency, over REST and gRPC; the probe keeps batching off where it cannot."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+import embed_runtime
+from embed_runtime import ConfigurationError, Runtime
+from embed_runtime.serve import add_arguments, batching_from_args
+from embed_runtime.serve.batcher import Batcher, BatchSettings
+
+from .helpers import REPO_MODELS, SERVE_CLI, free_port, start_server, stop_server
+
+CLIENTS = 24
+
+
+def _load(name: str) -> Runtime:
+    return embed_runtime.load(REPO_MODELS / name / "model.onnx", providers="cpu")
+
+
+def _requests(count: int, input_dim: int, seed: int = 0) -> list[np.ndarray]:
+    """Requests of 1 to 3 rows and lengths 5 or 9, some rows ending in padding (id 0) of differing
+    lengths, so that one batch mixes rows padded differently."""
+    rng = np.random.default_rng(seed)
+    requests = []
+    for i in range(count):
+        rows = rng.integers(1, input_dim, size=(1 + i % 3, 5 if i % 2 else 9))
+        for row in rows:
+            row[rng.integers(1, rows.shape[1] + 1) :] = 0
+        requests.append(rows)
+    return requests
+
+
+class _CountingRuntime:
+    """A runtime whose runs are counted (the batcher's runs of the model)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.inputs = runtime.inputs
+        self.runs = 0
+        self.lock = threading.Lock()
+
+    def run(self, feeds: Any, outputs: Any = None) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.runs += 1
+        return self.runtime.run(feeds, outputs=outputs)
+
+
+def _concurrently(fn: Any, items: list[Any]) -> list[Any]:
+    barrier = threading.Barrier(len(items))
+
+    def call(item: Any) -> Any:
+        barrier.wait()
+        return fn(item)
+
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(call, items))
+
+
+@pytest.mark.parametrize(("model", "min_rows"), [("seed", 1), ("tagger", 2), ("recurrent", 2)])
+def test_concurrent_requests_get_their_answer_alone(model: str, min_rows: int) -> None:
+    runtime = _load(model)
+    counting = _CountingRuntime(runtime)
+    batcher = Batcher(model, counting, BatchSettings(max_batch_size=16, max_queue_delay_us=50_000))  # type: ignore[arg-type]
+    batcher.probe()
+    assert (batcher.enabled, batcher.min_rows) == (True, min_rows)
+    name = runtime.inputs[0].name
+    seq = 10 if model == "seed" else None
+    requests = _requests(CLIENTS, runtime.inputs[0].input_dim or 2)
+    if seq is not None:
+        requests = [np.pad(r, ((0, 0), (0, seq - r.shape[1]))) for r in requests]
+    counting.runs = 0
+    batched = _concurrently(lambda ids: batcher.run({name: ids}, None), requests)
+    assert counting.runs < len(requests) / 2  # they were batched
+    for ids, got in zip(requests, batched, strict=True):
+        alone = batcher.run({name: ids}, None)
+        # alone through the batcher: on at least ``min_rows`` rows (its last row repeated)
+        padded = np.concatenate([ids, np.repeat(ids[-1:], max(0, min_rows - len(ids)), axis=0)])
+        reference = runtime.run(padded)
+        for key, value in got.items():
+            assert np.array_equal(value, alone[key])
+            assert np.array_equal(value, reference[key][: len(ids)])
+
+
+def test_a_bad_request_fails_alone_in_its_batch() -> None:
+    runtime = _load("tagger")
+    batcher = Batcher("tagger", runtime, BatchSettings(max_batch_size=8, max_queue_delay_us=50_000))
+    batcher.probe()
+    good = _requests(5, runtime.inputs[0].input_dim or 2)
+    good = [g[:, :5] for g in good]
+    bad = np.full((1, 5), runtime.inputs[0].input_dim or 0)
+    outcomes = _concurrently(lambda ids: _outcome(batcher, ids), [*good, bad])
+    assert isinstance(outcomes[-1], embed_runtime.InvalidInputError)
+    for ids, got in zip(good, outcomes[:-1], strict=True):
+        assert np.array_equal(got["tags"], batcher.run({"token_ids": ids}, None)["tags"])
+
+
+def _outcome(batcher: Batcher, ids: np.ndarray) -> Any:
+    try:
+        return batcher.run({"token_ids": ids}, None)
+    except Exception as exc:
+        return exc
+
+
+def test_probe_keeps_batching_off_where_rows_mix(
+    model_paths: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``fragile`` reshapes its output across rows: a batch cannot be split back."""
+    runtime = embed_runtime.load(model_paths["fragile"], providers="cpu")
+    batcher = Batcher("fragile", runtime, BatchSettings(max_batch_size=8))
+    with caplog.at_level("WARNING", logger="embed_runtime.serve.batcher"):
+        batcher.probe()
+    assert not batcher.enabled
+    assert "model 'fragile': dynamic batching stays off" in caplog.text
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["m.onnx", *argv])
+
+
+def test_batching_options() -> None:
+    assert batching_from_args(_parse([])) == (None, {})
+    args = _parse(
+        ["--max-batch-size", "8", "--max-batch-size", "tagger=32", "--max-queue-delay-us", "seed=500"]
+    )
+    assert batching_from_args(args) == (
+        BatchSettings(8, 0),
+        {"tagger": BatchSettings(32, 0), "seed": BatchSettings(8, 500)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["--max-queue-delay-us", "100"], "--max-queue-delay-us is given without --max-batch-size"),
+        (
+            ["--max-batch-size", "a=4", "--max-queue-delay-us", "b=100"],
+            "--max-queue-delay-us is given for model 'b', which has no --max-batch-size",
+        ),
+        (
+            ["--max-batch-size", "4", "--max-batch-size", "4"],
+            "--max-batch-size is given twice for every model",
+        ),
+    ],
+)
+def test_bad_batching_options_are_refused(argv: list[str], text: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(text)):
+        batching_from_args(_parse(argv))
+
+
+@pytest.fixture(scope="module")
+def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """``(REST, gRPC)`` of ``embed-runtime serve`` with the seed and tagger models, batching on."""
+    grpc_port = free_port()
+    args = [str(REPO_MODELS / name / "model.onnx") for name in ("seed", "tagger")]
+    args += ["--grpc-port", str(grpc_port), "--max-concurrency", str(CLIENTS), "--providers", "cpu"]
+    args += ["--max-batch-size", "16", "--max-queue-delay-us", "20000", "--no-access-log"]
+    log = tmp_path_factory.mktemp("batching") / "server.log"
+    proc, rest = start_server(args, log, SERVE_CLI)
+    yield rest, f"127.0.0.1:{grpc_port}"
+    assert stop_server(proc) in (0, -15)
+    assert "model 'tagger': dynamic batching on" in log.read_text()
+
+
+def _rest(url: str, ids: np.ndarray) -> np.ndarray:
+    with httpclient.InferenceServerClient(url) as client:
+        tensor = httpclient.InferInput("token_ids", list(ids.shape), "INT64")
+        tensor.set_data_from_numpy(ids.astype(np.int64), binary_data=True)
+        return client.infer("tagger", [tensor]).as_numpy("tags")
+
+
+def _grpc(url: str, ids: np.ndarray) -> np.ndarray:
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput("token_ids", list(ids.shape), "INT64")
+        tensor.set_data_from_numpy(ids.astype(np.int64))
+        return client.infer("tagger", [tensor]).as_numpy("tags")
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_served_concurrently_equals_served_alone(urls: tuple[str, str], protocol: str) -> None:
+    url = urls[0] if protocol == "rest" else urls[1]
+    call = _rest if protocol == "rest" else _grpc
+    requests = _requests(CLIENTS, 20, seed=1)
+    batched = _concurrently(lambda ids: call(url, ids), requests)
+    for ids, got in zip(requests, batched, strict=True):
+        assert np.array_equal(got, call(url, ids))
