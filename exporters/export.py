@@ -37,7 +37,7 @@ from embed_runtime.contract import (
     text_props,
 )
 
-from . import large, quantize, rewrite, tables, text
+from . import intlookup, large, quantize, rewrite, tables, text
 from .convert import convert, hide_gpus, load_rewritten
 from .keras_model import KerasModelInfo, describe, load_model
 from .passes import PASSES, ExportState
@@ -98,6 +98,7 @@ def export_keras(
     hide_gpus()
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
+    model = intlookup.in_graph(model)  # IntegerLookups -> proven in-graph tables: raw int ids in
     front = text.split_front(model)  # a string model: export from its ids, declare the text spec
     keras = describe(model) if front is None else text.with_input_name(describe(front.id_model), front)
     text_specs = [] if front is None else text.specs(front, keras)

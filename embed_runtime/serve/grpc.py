@@ -2,12 +2,15 @@
 ``grpc_predict_v2.proto``), served by ``grpc.aio`` on the REST server's event loop.
 
 ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with tensors either in
-``raw_input_contents`` (little-endian, row-major, ``BOOL`` one byte an element: tritonclient's default) or
-in the typed ``contents`` fields; outputs always go back in ``raw_output_contents``. A ModelInfer request
-is turned into the V2 HTTP body it stands for (a JSON header, then the raw blocks as binary tensor data)
-and runs through the same parser, limits, runtime and messages as a REST request, under the same
-``--max-concurrency`` slots; the HTTP status of an error maps to a gRPC status code (:data:`GRPC_CODES`).
-A message over ``--max-body-mb`` is refused by grpcio itself with ``RESOURCE_EXHAUSTED``.
+``raw_input_contents`` (little-endian, row-major, ``BOOL`` one byte an element, ``BYTES`` each element a
+4-byte length and its bytes: tritonclient's default) or in the typed ``contents`` fields; outputs always go
+back in ``raw_output_contents``. A ModelInfer request is turned into the V2 HTTP body it stands for (a JSON
+header, then the raw blocks as binary tensor data; typed numbers become JSON ``data`` and typed
+``bytes_contents`` a binary block in Triton's length-prefixed encoding, so that texts need not be UTF-8 to
+reach the runtime's own check) and runs through the same parser, limits, runtime and messages as a REST
+request, under the same ``--max-concurrency`` slots; the HTTP status of an error maps to a gRPC status
+code (:data:`GRPC_CODES`). A message over ``--max-body-mb`` is refused by grpcio itself with
+``RESOURCE_EXHAUSTED``.
 
 The message classes are generated from ``proto/grpc_predict_v2.proto`` (see ``proto/README.md`` for the
 command). Their package is ``inference``, as in tritonclient's own generated code: the two cannot be
@@ -32,6 +35,8 @@ from embed_runtime import ConfigurationError
 from embed_runtime.serve.metrics import UNKNOWN_MODEL
 from embed_runtime.serve.proto import grpc_predict_v2_pb2 as pb
 from embed_runtime.serve.protocol import (
+    BYTES,
+    BYTES_PREFIX,
     MAX_RANK,
     V2_TO_NUMPY,
     ProtocolError,
@@ -69,8 +74,14 @@ _CONTENTS_FIELD = {
     "UINT64": "uint64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
 }
 """The ``InferTensorContents`` field that holds each datatype (FP16 has none: it must be sent raw)."""
+
+
+def _valid_shape(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
+    """Whether the shape may be checked against the data (others are refused with the V2 parser's message)."""
+    return len(tensor.shape) <= MAX_RANK and all(d >= 0 for d in tensor.shape)
 
 
 def _check_raw_size(tensor: pb.ModelInferRequest.InferInputTensor, index: int, size: int) -> None:
@@ -78,7 +89,7 @@ def _check_raw_size(tensor: pb.ModelInferRequest.InferInputTensor, index: int, s
     the V2 parser's own message)."""
     dtype = V2_TO_NUMPY.get(tensor.datatype)
     shape = list(tensor.shape)
-    if dtype is None or len(shape) > MAX_RANK or any(d < 0 for d in shape):
+    if dtype is None or not _valid_shape(tensor):
         return
     need = math.prod(shape) * dtype.itemsize
     if size != need:
@@ -104,12 +115,25 @@ def _contents_data(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
     return list(getattr(tensor.contents, field)) if field else []
 
 
+def _bytes_block(tensor: pb.ModelInferRequest.InferInputTensor, texts: list[bytes]) -> bytes:
+    """The binary ``BYTES`` data of an input's ``bytes_contents``: one length-prefixed element per text;
+    refuses a count of elements other than the shape's."""
+    shape = list(tensor.shape)
+    if _valid_shape(tensor) and len(texts) != math.prod(shape):
+        raise ProtocolError(
+            f"input {tensor.name!r}: shape {shape} holds {math.prod(shape)} elements but bytes_contents "
+            f"has {len(texts)}"
+        )
+    return b"".join(len(text).to_bytes(BYTES_PREFIX, "little") + text for text in texts)
+
+
 def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
     """The V2 HTTP request body a ModelInfer request stands for, and its JSON header's length.
 
-    Raw contents become binary tensor data (one ``binary_data_size`` block per input, in order) and typed
-    contents JSON ``data``; every output is asked for as binary data. Raises :class:`ProtocolError` when
-    raw contents do not come one per input or are mixed with typed contents.
+    Raw contents become binary tensor data (one ``binary_data_size`` block per input, in order), typed
+    ``bytes_contents`` such a block too and other typed contents JSON ``data``; every output is asked for
+    as binary data. Raises :class:`ProtocolError` when raw contents do not come one per input or are mixed
+    with typed contents, or ``bytes_contents`` hold other than the shape's count of elements.
     """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -118,6 +142,7 @@ def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
             "give one per input, in input order"
         )
     inputs = []
+    blocks = list(raw)
     for index, tensor in enumerate(request.inputs):
         entry: dict[str, Any] = {
             "name": tensor.name,
@@ -132,6 +157,9 @@ def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
                 )
             _check_raw_size(tensor, index, len(raw[index]))
             entry["parameters"] = {"binary_data_size": len(raw[index])}
+        elif tensor.datatype == BYTES:
+            blocks.append(_bytes_block(tensor, _contents_data(tensor)))
+            entry["parameters"] = {"binary_data_size": len(blocks[-1])}
         else:
             entry["data"] = _contents_data(tensor)
         inputs.append(entry)
@@ -146,7 +174,7 @@ def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
             for out in request.outputs
         ]
     head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([head, *raw]), len(head)
+    return b"".join([head, *blocks]), len(head)
 
 
 def _infer_sync(model: ServedModel, request: pb.ModelInferRequest, handlers: InferenceApp) -> Any:

@@ -269,13 +269,18 @@ def test_text_vectorization_behind_another_layer_is_refused(flavour, request, tm
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_integer_lookup_is_refused_by_name(flavour, request, tmp_path):
+def test_integer_lookup_exports_in_graph_and_takes_raw_ids(flavour, request, tmp_path):
+    """IntegerLookup used to be refused; it now runs in the graph (exporters/intlookup.py) and the runtime
+    takes raw int64 ids, unknown, negative and extreme ones included, exactly as Keras maps them."""
     keras = request.getfixturevalue(flavour)
     lookup = keras.layers.IntegerLookup(vocabulary=[10, 20, 30], name="codes_lookup")
     codes = keras.Input(shape=(3,), dtype="int64", name="codes")
     model = keras.Model(codes, keras.layers.Embedding(4, 2)(lookup(codes)))
-    with pytest.raises(ExportError, match=r"layer 'codes_lookup' \(IntegerLookup\) is not supported yet"):
-        export_keras(model, tmp_path / "m.onnx")
+    report = export_keras(model, tmp_path / "m.onnx")
+    assert report.embeddings[0].inputs == ()  # raw ids: no [0, input_dim) check on the input
+    raw = np.array([[10, 20, 30], [0, -1, 31], [2**63 - 1, -(2**63), 20]], np.int64)
+    got = embed_runtime.load(tmp_path / "m.onnx", providers="cpu").run(raw)
+    np.testing.assert_allclose(next(iter(got.values())), np.asarray(model(raw)), atol=1e-6)
 
 
 def test_saved_keras_file(k3, tmp_path):
