@@ -168,8 +168,6 @@ class Runtime:
         Raises :class:`InvalidInputError` / :class:`InputTypeError` for bad inputs and
         :class:`InferenceError` when onnxruntime fails.
         """
-        if self.text is not None:
-            inputs = self.text.ids(inputs)
         if device_outputs:
             return run_on_device(self, inputs, self._select(outputs), out, single_sequence, trust_device_ids)
         binder = self._binder
