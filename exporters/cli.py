@@ -70,7 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .errors import ExportError
         from .export import export_keras
-        from .writers import check_destination
     except ImportError as exc:
         print(
             f"embed-export: {exc}. Install the export extra: pip install 'embed-runtime[export]'",
@@ -79,7 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     def export(args: argparse.Namespace) -> int:
-        check_destination(Path(args.output))  # before the model is loaded and converted: fail fast
         report = export_keras(
             args.model,
             args.output,

@@ -104,8 +104,7 @@ def export_keras(
     text_specs = [] if front is None else text.specs(front, keras)
     big = large.big_tables(keras, large.resolve_threshold(external_data_threshold))
     with large.stand_ins(keras, big, seed) as stand_ins:
-        state = build(keras, opset, stand_ins)
-        state.table_dtype = table_dtype
+        state = build(keras, opset, stand_ins, table_dtype)
         for rewrite_pass in PASSES:
             rewrite_pass(state)
     with open_writer(out, state.model, state.stand_ins) as writer:
@@ -119,7 +118,9 @@ def export_keras(
     )
 
 
-def build(keras: KerasModelInfo, opset: int | None, stand_ins: list[large.StandIn]) -> ExportState:
+def build(
+    keras: KerasModelInfo, opset: int | None, stand_ins: list[large.StandIn], table_dtype: str = "float32"
+) -> ExportState:
     """Convert the model with tf2onnx (at ``opset``, or the lowest that works) into the state the passes
     start from. Each table is converted as its tracer and found by it (:mod:`exporters.tables`), so that
     layers with equal tables are told apart; the real values are back in both graphs before the passes.
@@ -131,7 +132,7 @@ def build(keras: KerasModelInfo, opset: int | None, stand_ins: list[large.StandI
     table_names = tables.restore(raw, tracers)
     model = onnx.ModelProto()
     model.CopyFrom(raw)
-    return ExportState(keras, raw, model, table_names, stand_ins)
+    return ExportState(keras, raw, model, table_names, stand_ins, table_dtype=table_dtype)
 
 
 def run_checks(state: ExportState, writer: Writer, atol: float, seed: int) -> tuple[Parity, float]:

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import rewrite
 from .errors import ExportError
 from .keras_model import KERAS3, EmbeddingLayer, KerasModelInfo
 
@@ -149,14 +150,12 @@ def _holders(model: onnx.ModelProto, values: np.ndarray) -> list[str]:
 
 
 def _drop_duplicate(model: onnx.ModelProto, duplicate: str, keep: str) -> None:
-    """Point every reader of initializer ``duplicate`` at ``keep`` and remove ``duplicate``."""
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name == duplicate:
-                node.input[i] = keep
+    """Remove initializer ``duplicate`` and point every reader of it at ``keep``, in Loop and Scan bodies
+    too (:func:`exporters.rewrite.rename`)."""
     inits = [init for init in model.graph.initializer if init.name != duplicate]
     del model.graph.initializer[:]
     model.graph.initializer.extend(inits)
+    rewrite.rename(model, duplicate, keep)
 
 
 def restore(model: onnx.ModelProto, tracers: Sequence[Tracer]) -> dict[str, str]:
