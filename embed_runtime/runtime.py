@@ -68,13 +68,13 @@ class Runtime:
         self.session = create_session(self.path, providers, opts)
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         check_data_files(self.path, props)  # the data files are the ones this .onnx was written with
+        graph_inputs = [a.name for a in self.session.get_inputs()]
         try:
             self.metadata = ModelMetadata.from_props(props)
-            self.text = front_end(props, [a.name for a in self.session.get_inputs()])
+            self.text = front_end(props, graph_inputs)
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"{self.path}: malformed embed_runtime metadata: {exc}") from None
         dims = self.metadata.input_dims()
-        graph_inputs = [a.name for a in self.session.get_inputs()]
         unknown = sorted(set(dims) - set(graph_inputs))
         if unknown:  # the ids of those embeddings would go unchecked: refuse rather than guess
             raise ModelLoadError(

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from embed_runtime.conversion import position
 from embed_runtime.serve.protocol import (
     BYTES,
     BYTES_PREFIX,
@@ -56,7 +57,8 @@ def json_value_width(dtype: np.dtype) -> int:
 
 
 def _position(index: int, shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(index, shape)) + "]"
+    """The place of flat element ``index`` in ``shape``, named as the runtime's messages name it."""
+    return position(tuple(int(i) for i in np.unravel_index(index, shape)))
 
 
 def _flatten(name: str, shape: tuple[int, ...], data: list[Any]) -> list[Any]:

@@ -17,6 +17,7 @@ read. Everything here is pure (bytes in, objects out), so it can run in a worker
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -253,9 +254,7 @@ def _parse_input(entry: Any, offset: int, body_length: int) -> InputSpec:
             f"input {name!r}: binary_data_size is {size} bytes but only {body_length - offset} "
             "bytes of binary data are left in the body"
         )
-    count = 1
-    for d in shape:
-        count *= d
+    count = math.prod(shape)
     if dtype == TEXT_DTYPE:  # the length prefixes are read when the data is decoded
         if size < count * BYTES_PREFIX:
             raise ProtocolError(

@@ -205,10 +205,11 @@ class ServedModel:
         """``inputs`` with each ``BYTES`` input turned into the ids the model sees (the runtime's text front
         end: its errors, such as texts that are not UTF-8, answer 400)."""
         feeds = {}
+        front = self.runtime.text  # None exactly when text_inputs is empty
         for name, arr in inputs.items():
             if arr.dtype != TEXT_DTYPE:
                 feeds[name] = arr
-            elif name not in self.text_inputs:
+            elif front is None or name not in self.text_inputs:
                 takes = (
                     f"takes texts as {BYTES} in {', '.join(sorted(self.text_inputs))}"
                     if self.text_inputs
@@ -218,7 +219,7 @@ class ServedModel:
                     f"input {name!r} of model {self.name!r} takes ids, not {BYTES}; the model {takes}"
                 )
             else:
-                feeds[name] = self.runtime.tokenize({name: arr})[0][name]
+                feeds[name] = front.ids({name: arr})[name]  # ids only: no mask to build
         return feeds
 
     def execute(
