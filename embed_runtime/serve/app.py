@@ -40,7 +40,7 @@ from embed_runtime.serve.limits import Limits
 from embed_runtime.serve.metrics import UNKNOWN_MODEL, ServeMetrics
 from embed_runtime.serve.protocol import PayloadTooLargeError, ProtocolError
 from embed_runtime.serve.repository import ModelRepository, ServedModels
-from embed_runtime.serve.served import MODEL_VERSION, ServedModel, error_status, internal_error_message
+from embed_runtime.serve.served import MODEL_VERSION, ServedModel, failure
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +210,7 @@ class InferenceApp:
             else:
                 self.models.unload(name)
         except Exception as exc:
-            status = error_status(exc)
-            if status is None:
-                logger.exception("%s of model %r failed", action, name)
-                return _error(500, internal_error_message(exc))
-            return _error(status, str(exc))
+            return _error(*failure(exc, f"{action} of model {name!r}", logger))
         return JSONResponse({})
 
     async def prometheus(self, request: Request) -> Response:
@@ -251,11 +247,7 @@ class InferenceApp:
         except ClientDisconnect:
             return label, _error(400, "the client closed the connection before sending the whole body")
         except Exception as exc:
-            status = error_status(exc)
-            if status is None:
-                logger.exception("inference request on model %r failed", label)
-                return label, _error(500, internal_error_message(exc))
-            return label, _error(status, str(exc))
+            return label, _error(*failure(exc, f"inference request on model {label!r}", logger))
         if json_length is None:
             return label, _BodyResponse(payload, media_type="application/json")
         return label, _BodyResponse(

@@ -43,7 +43,7 @@ from embed_runtime.serve.protocol import (
     parse_infer_request,
     v2_datatype,
 )
-from embed_runtime.serve.served import ServedModel, error_status, internal_error_message
+from embed_runtime.serve.served import ServedModel, failure
 
 if TYPE_CHECKING:
     from embed_runtime.serve.app import InferenceApp
@@ -251,10 +251,7 @@ class InferenceService:
                 _infer_sync, model, request, self.handlers, limiter=self.handlers.limiter
             )
         except Exception as exc:
-            found = error_status(exc)
-            if found is None:
-                logger.exception("gRPC inference request on model %r failed", label)
-            status, message = found or 500, str(exc) if found else internal_error_message(exc)
+            status, message = failure(exc, f"gRPC inference request on model {label!r}", logger)
         finally:
             metrics.in_flight.dec()
         metrics.observe(label, status, perf_counter() - start)

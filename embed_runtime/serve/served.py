@@ -68,9 +68,14 @@ def error_status(exc: Exception) -> int | None:
     return None
 
 
-def internal_error_message(exc: Exception) -> str:
-    """The message of a request that failed on an unexpected error (logged with its traceback)."""
-    return f"internal server error: {type(exc).__name__}: {exc}"
+def failure(exc: Exception, what: str, log: logging.Logger) -> tuple[int, str]:
+    """The HTTP status and message a request failing with ``exc`` is answered with, over REST or gRPC;
+    an unexpected error is a 500, logged to ``log`` with its traceback as "``what`` failed"."""
+    status = error_status(exc)
+    if status is not None:
+        return status, str(exc)
+    log.error("%s failed", what, exc_info=exc)
+    return 500, f"internal server error: {type(exc).__name__}: {exc}"
 
 
 def _tensor_metadata(spec: TensorInfo, extra: dict[str, int | None]) -> dict[str, Any]:
