@@ -168,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--output {args.output}: folder {Path(args.output).parent} does not exist")
     rt = _load(args)
     inputs = _read_inputs(args)
-    if isinstance(inputs, dict) and len(rt.inputs) == 1 and len(inputs) == 1:
+    if args.input is not None and isinstance(inputs, dict) and len(rt.inputs) == 1 and len(inputs) == 1:
+        # one array in an .npz (np.savez names it arr_0) is the model's one input; --ids names are checked
         inputs = next(iter(inputs.values())) if rt.inputs[0].name not in inputs else inputs
     result = rt.run(inputs, single_sequence=args.single_sequence)
     if args.output is not None:

@@ -39,6 +39,7 @@ from embed_runtime.contract import (
 
 from . import intlookup, large, quantize, rewrite, tables, text
 from .convert import convert, hide_gpus, load_rewritten
+from .errors import ExportError
 from .keras_model import KerasModelInfo, describe, load_model
 from .passes import PASSES, ExportState
 from .report import ExportReport, make_report
@@ -95,6 +96,8 @@ def export_keras(
     out = Path(path)
     check_destination(out)  # before any conversion work; the writer checks again when it writes
     quantize.check_table_dtype(table_dtype)
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < float("inf"):
+        raise ExportError(f"atol must be a finite number >= 0, not {atol!r}")
     hide_gpus()
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)

@@ -325,6 +325,15 @@ def test_errors_leave_nothing_behind(k3, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.keras"]
 
 
+@pytest.mark.parametrize("atol", [-1, float("nan"), float("inf"), True])
+def test_atol_must_be_a_finite_number_at_least_zero(k3, tmp_path, atol):
+    """A negative tolerance used to fail as "differs from Keras by 0 > tolerance -1"; NaN passed anything."""
+    model = k3.Sequential([k3.Input((None,), dtype="int32"), k3.layers.Embedding(10, 2)])
+    with pytest.raises(ExportError, match=r"atol must be a finite number >= 0, not"):
+        export_keras(model, tmp_path / "m.onnx", atol=atol)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_exit_codes(k3, tmp_path):
     model = k3.Sequential([k3.Input((None,), dtype="int32"), k3.layers.Embedding(10, 2, mask_zero=True)])
     model.save(tmp_path / "m.keras")

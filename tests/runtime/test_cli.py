@@ -80,6 +80,9 @@ def test_run_inline_and_files(
     np.savez(tmp_path / "two.npz", user_id=np.array([[1, 2]]), item_id=np.array([[3, 4]]))
     code, out, _ = run(capsys, "run", str(two.path), "--input", str(tmp_path / "two.npz"))
     assert code == 0 and "item_id_emb: float32(1, 2, 4)" in out
+    np.savez(tmp_path / "one.npz", np.array([[4, 20, 0]]))  # one unnamed array: arr_0 is the model's input
+    code, out, _ = run(capsys, "run", str(single.path), "--input", str(tmp_path / "one.npz"))
+    assert code == 0 and "mask: bool(1, 3)" in out
     code, out, _ = run(capsys, "run", str(two.path), "--ids", '{"user_id": [[1]], "item_id": [[2]]}')
     assert code == 0 and "user_id_embedding_mask" in out
 
@@ -92,6 +95,7 @@ def test_run_inline_and_files(
         (["--ids", "[[1"], "not valid JSON"),
         (["--input", "missing.npy"], "--input file not found"),
         (["--ids", "[[1]]", "--providers", "cuda"], "not available"),
+        (["--ids", '{"zz": [[5, 0]]}'], "unknown input(s) 'zz'"),  # was run as if named input_ids
     ],
 )
 def test_run_errors(capsys: pytest.CaptureFixture[str], single: Built, argv: list[str], message: str) -> None:
