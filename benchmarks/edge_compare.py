@@ -5,8 +5,10 @@ our artifact (``export_keras(table_dtype=...)``, run by ``embed_runtime.load(pat
 TensorFlow's TFLite conversion (float32, float16, dynamic-range int8; run by ``ai_edge_litert``'s
 interpreter, ``num_threads=1``). One run measures bytes on disk, cold start (load and first inference in
 fresh subprocesses, median), 1x16 and 32x10 latency (contenders interleaved by
-:func:`embed_runtime.timing.measure`) and the max abs error against Keras, then writes the "Against
-LiteRT" section of ``docs/edge.md`` (between its markers only) and ``docs/edge-litert.png``.
+:func:`embed_runtime.timing.measure`), which path of the runtime ran (``rt.execution``: the numpy lookup
+path or onnxruntime), the max abs error against Keras, and onnxruntime's 1x16 floor on the classifier
+under a few session options, then writes the "Against LiteRT" section of ``docs/edge.md`` (between its
+markers only, the prose included) and ``docs/edge-litert.png`` (the report: ``benchmarks/edge_report.py``).
 
     python -m benchmarks.edge_compare       # from the repository root (TensorFlow, ai-edge-litert); ~2-4 min
     python -m benchmarks.edge_compare --json out.json --no-doc --models seed classifier
@@ -18,7 +20,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,12 +32,11 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report beside this script, run as a file too
+from edge_report import LITERT, OURS, Row, Variants, markdown, write_doc
+
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "edge.md"
-PLOT = ROOT / "docs" / "edge-litert.png"
-BEGIN, END = "<!-- against-litert: benchmarks/edge_compare.py -->", "<!-- /against-litert -->"
 DTYPES = ("float32", "float16", "int8")
-LITERT, OURS = "LiteRT", "embed_runtime"
 BIG_ROWS, BIG_DIM = 1_000_000, 64
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "KERAS_BACKEND": "tensorflow"}
 
@@ -57,23 +57,6 @@ CASES = (
     Case("classifier", 50, ((1, 16), (32, 10)), 5, 0.4),
     Case("1M x 64", BIG_ROWS, ((1, 16), (32, 10)), 3, 0.25),
 )
-
-
-@dataclass(frozen=True)
-class Row:
-    """One engine on one artifact: bytes on disk, seconds (cold start, import, per-call medians of the
-    two shapes), the max abs output error against Keras and, for ours, onnxruntime's own 1x16 floor."""
-
-    model: str
-    dtype: str
-    engine: str
-    bytes: int
-    cold: float
-    imports: float
-    small: float
-    batch: float
-    error: float
-    floor: float = float("nan")
 
 
 def ids_for(vocab: int, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -110,13 +93,34 @@ def ours_call(path: Path, ids: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: runtime.run(ids)[name]
 
 
-def floor_call(path: Path, ids: np.ndarray) -> Callable[[], object]:
+def path_ran(path: Path) -> str:
+    """Which path of the runtime serves ``path``: ``numpy lookup`` or ``onnxruntime`` (``rt.execution``)."""
+    import embed_runtime
+
+    return embed_runtime.load(path, providers="cpu", threads=1).execution.split(" (")[0].split(":")[0]
+
+
+SESSION_VARIANTS: dict[str, dict[str, Any]] = {
+    "default (all optimizations)": {},
+    "graph optimization extended": {"graph_optimization_level": "ORT_ENABLE_EXTENDED"},
+    "graph optimization basic": {"graph_optimization_level": "ORT_ENABLE_BASIC"},
+    "graph optimization off": {"graph_optimization_level": "ORT_DISABLE_ALL"},
+    "no memory pattern, no arena": {"enable_mem_pattern": False, "enable_cpu_mem_arena": False},
+}
+"""Session options tried on the classifier's onnxruntime floor: ``SessionOptions`` attributes."""
+
+
+def floor_call(path: Path, ids: np.ndarray, **settings: Any) -> Callable[[], object]:
     """onnxruntime alone: ``run_with_iobinding`` on ``ids`` bound once (no validation, no copies): the
-    least a call through onnxruntime's Python API costs."""
+    least a call through onnxruntime's Python API costs; ``settings`` are ``SessionOptions`` attributes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    for key, value in settings.items():
+        setattr(
+            options, key, getattr(ort.GraphOptimizationLevel, value) if key.startswith("graph") else value
+        )
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     binding = session.io_binding()
     binding.bind_cpu_input(session.get_inputs()[0].name, ids)
@@ -225,147 +229,23 @@ def measure_case(case: Case, model: Any, folder: Path) -> list[Row]:
         floor = floors[key[1]] if key[0] == OURS else float("nan")
         rows.append(
             Row(case.name, key[1], key[0], disk_bytes(path), cold, imports, timed[case.shapes[0]][key],
-                timed[case.shapes[1]][key], errors[key], floor)
+                timed[case.shapes[1]][key], errors[key], floor, path_ran(path) if key[0] == OURS else "")
         )  # fmt: skip
     return rows
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"
+def session_variants(model: str, path: Path, ids: np.ndarray, budget: float) -> Variants:
+    """onnxruntime's floor on ``path`` under each of :data:`SESSION_VARIANTS`, interleaved, and its ops."""
+    import onnx
 
+    from embed_runtime.timing import measure
 
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:.3g} us"
-
-
-def _pair(rows: dict[str, Row], cell: Callable[[Row], str]) -> str:
-    return f"{cell(rows[LITERT])} / {cell(rows[OURS])}"
-
-
-PAIRED_CELLS: tuple[Callable[[Row], str], ...] = (
-    lambda r: f"{r.bytes:,}", lambda r: _ms(r.cold), lambda r: _us(r.small), lambda r: _us(r.batch),
-    lambda r: f"{r.error:.2e}",
-)  # fmt: skip
-
-
-def paired(rows: Sequence[Row]) -> list[tuple[str, str, dict[str, Row]]]:
-    """``(model, dtype, {engine: row})`` in the order the rows came, both engines present."""
-    groups: dict[tuple[str, str], dict[str, Row]] = {}
-    for row in rows:
-        groups.setdefault((row.model, row.dtype), {})[row.engine] = row
-    return [(m, d, g) for (m, d), g in groups.items() if set(g) == {LITERT, OURS}]
-
-
-def markdown(rows: Sequence[Row]) -> str:
-    """The comparison table: one line per model and table dtype, each cell ``LiteRT / embed_runtime``."""
-    header = ["model", "table dtype", "bytes on disk", "cold start", "1x16", "32x10", "1x16 ours / LiteRT",
-              "1x16 onnxruntime floor", "max abs error vs Keras"]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "| --- | --- |" + " ---: |" * (len(header) - 2)]
-    for model, dtype, g in paired(rows):
-        cells = [model, dtype, *(_pair(g, cell) for cell in PAIRED_CELLS[:4])]
-        cells += [f"{g[OURS].small / g[LITERT].small:.2f}", _us(g[OURS].floor), _pair(g, PAIRED_CELLS[4])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-PANELS = (("bytes on disk", "bytes", 1.0, True), ("cold start (ms)", "cold", 1e3, True),
-          ("1x16 latency (us)", "small", 1e6, False), ("32x10 latency (us)", "batch", 1e6, False))  # fmt: skip
-
-
-def plot(rows: Sequence[Row], path: Path) -> None:
-    """Size and cold start (log scale), 1x16 and 32x10 latency (linear, from 0), LiteRT and embed_runtime
-    bars side by side; black ticks on the 1x16 panel mark onnxruntime's floor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter, ScalarFormatter
-
-    groups = paired(rows)
-    x = np.arange(len(groups))
-    fig, axes = plt.subplots(len(PANELS), 1, figsize=(10, 11), sharex=True)
-    for ax, (title, field, scale, log) in zip(axes, PANELS):
-        for offset, engine, colour in ((-0.2, LITERT, "tab:orange"), (0.2, OURS, "tab:blue")):
-            values = [getattr(g[engine], field) * scale for _, _, g in groups]
-            ax.bar(x + offset, values, 0.4, label=engine, color=colour)
-        if log:
-            ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(EngFormatter("B") if field == "bytes" else ScalarFormatter())
-        ax.set_ylabel(title)
-        ax.grid(axis="y", alpha=0.3)
-    floors = [g[OURS].floor * 1e6 for _, _, g in groups]
-    axes[2].scatter(x + 0.2, floors, marker="_", s=400, color="black", label="onnxruntime floor", zorder=3)
-    for ax in axes[:3]:
-        ax.legend(fontsize=8)
-    axes[-1].set_xticks(x, [f"{m}\n{d}" for m, d, _ in groups], fontsize=8)
-    fig.suptitle("embed_runtime vs LiteRT, 1 thread (lower is better; seed: 1x10 for 1x16)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def section(rows: Sequence[Row], notes: str) -> str:
-    """The "Against LiteRT" section (markers not included)."""
-    return (
-        "## Against LiteRT\n\n"
-        "Written by `benchmarks/edge_compare.py`: the same Keras 3 model as our artifact "
-        "(`export_keras(table_dtype=...)`, run by `embed_runtime.load(path, threads=1)`) and as TensorFlow's "
-        "TFLite conversion (float32; float16 weights; dynamic-range int8), run by the LiteRT interpreter "
-        "(`ai_edge_litert`, `num_threads=1`). Each cell is `LiteRT / embed_runtime`. Cold start: load "
-        "and first inference in a fresh process (imports not included), median; latencies: per-call "
-        "medians of one `set_tensor, invoke, get_tensor` or one `rt.run(ids)`, all six contenders of a model "
-        "interleaved in one process.\n\n"
-        f"{markdown(rows)}\n\n{notes}\n\n![embed_runtime vs LiteRT](edge-litert.png)\n"
-    )
-
-
-def replace_section(doc: str, text: str) -> str:
-    """``doc`` with the text between the markers replaced by ``text``; markers appended when absent."""
-    if BEGIN not in doc:
-        return f"{doc.rstrip()}\n\n{BEGIN}\n{text.strip()}\n{END}\n"
-    head, _, rest = doc.partition(BEGIN)
-    if END not in rest:
-        raise ValueError(f"{BEGIN!r} has no closing {END!r}; fix the markers by hand")
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}"
-
-
-def gap_text(rows: Sequence[Row]) -> str:
-    """Where the 1x16 time goes: onnxruntime's floor against LiteRT's whole call, and our own layer."""
-    groups = [g for _, _, g in paired(rows)]
-    floor = [g[OURS].floor / g[LITERT].small for g in groups]
-    layer = [g[OURS].small - g[OURS].floor for g in groups]
-    return (
-        f"On 1x16, onnxruntime alone (`run_with_iobinding` on ids bound once: no validation, no copies) "
-        f"takes {min(floor):.2f}-{max(floor):.2f}x LiteRT's whole call; embed_runtime's own layer on top "
-        f"of it (checking the ids, copying them into the bound buffer, the result dict) costs "
-        f"{min(layer) * 1e6:.3g}-{_us(max(layer))}. Every compact-table node (`Cast`, the scale `Gather` and "
-        "`Mul`) adds onnxruntime's per-node cost; LiteRT's per-op cost is much lower (its int8 graph is "
-        "`GATHER(int8) -> DEQUANTIZE`, and Keras's index wrap-around adds `LESS, ADD, SELECT`)."
-    )
-
-
-def notes_text(rows: Sequence[Row], seconds: float) -> str:
-    """Shapes, conversions, machine and import times."""
-    imports = {e: statistics.median(r.imports for r in rows if r.engine == e) for e in (LITERT, OURS)}
-    return (
-        f"{gap_text(rows)}\n\n"
-        "Shapes: batch x length; the seed's length is fixed at 10, so its 1x16 column is 1x10. The TFLite "
-        "files are converted from a concrete function on int64 ids `(None, None)` (the seed: `(None, 10)`); "
-        "each interpreter is resized once to the timed shape, so LiteRT runs a static graph. Ids: random, "
-        "every other row a quarter padding. Errors: max over both shapes against the float Keras model; "
-        "the 1M x 64 rows are N(0, 1). Import times (median): "
-        f"`ai_edge_litert.interpreter` {_ms(imports[LITERT])}, `embed_runtime` {_ms(imports[OURS])}. "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; whole run {seconds:.0f} s."
-    )
-
-
-def write_doc(rows: Sequence[Row], seconds: float, doc: Path = DOC, image: Path = PLOT) -> None:
-    """Write the plot and replace the section in ``doc``, re-read right before writing."""
-    plot(rows, image)
-    text = section(rows, notes_text(rows, seconds))
-    doc.write_text(replace_section(doc.read_text(), text))
+    stats = measure({name: floor_call(path, ids, **settings) for name, settings in SESSION_VARIANTS.items()},
+                    budget=budget)  # fmt: skip
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return Variants(model, {name: s.median for name, s in stats.items()}, ops)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -383,17 +263,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     models = keras_models()
     rows: list[Row] = []
+    variants = None
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
             if case.name in args.models:
                 rows += measure_case(case, models[case.name], Path(tmp))
                 print(f"{case.name}: done after {time.perf_counter() - start:.0f} s", flush=True)
+            if case.name == "classifier" and case.name in args.models:
+                ids = ids_for(case.vocab, case.shapes[0])
+                variants = session_variants(
+                    case.name, Path(tmp) / "classifier-float32.onnx", ids, case.budget
+                )
     seconds = time.perf_counter() - start
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if not args.no_doc:
-        write_doc(rows, seconds)
+        write_doc(rows, seconds, variants=variants)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,16 @@
 """Batch inference on Ray Data (issue 15): ``embed-runtime batch`` against one process, 1 vs 2 actors, and
 a memory-mapped table shared by two actors. Rewrites the figures section of ``docs/scale-out.md``.
 
-One invocation, one machine, every contender on the same data:
+For ``--model`` (the classifier: little compute per row) and ``--compute-model`` (the recurrent model),
+on ``--rows`` x ``--length`` random ids in one Parquet file (row groups of 64 Ki rows, a ``key`` column),
+every contender once per round (order rotated, medians): ``one process, compute`` (``run_batched`` on
+the ids in memory), ``one process, same job`` (Parquet in, ``run_batched``, Parquet out) and
+``embed-runtime batch`` in a subprocess with its own local Ray (1 actor at all rows and at a tenth: fixed
+start-up and marginal rate; for ``--model`` also 2 actors at 0.5 CPU), each actor's memory sampled from
+``/proc/<pid>/smaps_rollup``, the first output checked against one process. Last, :func:`shared_table`.
 
-1. **ids**: ``--rows`` sequences of ``--length`` random ids in ``[1, input_dim)`` for the model's input,
-   in one Parquet file (row groups of 64 Ki rows) with a ``key`` column.
-2. **rounds** (``--rounds``; every contender once per round, the order rotated, medians reported):
-
-   * ``one process, compute``: ``Runtime.run_batched`` over the ids already in memory as one array;
-   * ``one process, same job``: read the Parquet, ``run_batched``, write the same output columns as
-     Parquet: the job the command does, without Ray;
-   * ``embed-runtime batch``, 1 actor (the default on 2 cores: one CPU stays for reading and writing)
-     and 2 actors at 0.5 CPU each, in a subprocess that starts its own local Ray. The command's own
-     figure covers read -> predict -> write inside Ray (Ray's start excluded); the subprocess's wall
-     time covers everything. A 0.2 s sampler reads each actor's RSS and anonymous memory from
-     ``/proc/<pid>/smaps_rollup``.
-3. **check**: the first command's output equals the single-process result, row by row in key order.
-4. **shared table**: :func:`gather_model` writes a model whose ``--table-mib`` table is ONNX external
-   data at offset 0 (page-aligned, so onnxruntime maps it); two actors each look up every page of it;
-   :class:`MemoryProbe` reports each actor's anonymous and file-backed memory before loading the model
-   and after its batches.
-
-    python benchmarks/ray_batch.py                                  # 1,000,000 x 32, 3 rounds, the doc
-    python benchmarks/ray_batch.py --rows 100000 --rounds 1 --no-doc
+    python benchmarks/ray_batch.py --rounds 3                     # 1,000,000 x 32, both models, the doc
+    python benchmarks/ray_batch.py --rows 100000 --rounds 1 --compute-model '' --no-doc
 
 Needs the ``[ray]`` extra and ``onnx``; ``tests/scale`` imports :func:`gather_model`,
 :class:`MemoryProbe` and :func:`memory` from here. Writes to a temporary folder, removed afterwards.
@@ -32,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -73,8 +62,12 @@ MIB = 1 << 20
 BATCH = 8192
 WORKER = "MapBatches(Predictor)"
 ONE_COMPUTE, ONE_JOB = "one process, compute", "one process, same job"
+"""The two baselines: ``run_batched`` on ids in memory; Parquet in, ``run_batched``, Parquet out."""
 ONE_ACTOR, TWO_ACTORS = "embed-runtime batch, 1 actor", "embed-runtime batch, 2 actors x 0.5 CPU"
 SMALL = "embed-runtime batch, 1 actor, a tenth of the rows"
+Contender = Callable[[int], dict[str, Any]]
+"""One timed run (its round as argument): ``rows``, ``s`` and what else it measured."""
+Runs = dict[str, list[dict[str, Any]]]
 
 
 def memory(pid: int | str = "self") -> dict[str, int]:
@@ -134,6 +127,7 @@ class MemoryProbe(Predictor):
 
     def __call__(self, batch: Any) -> Any:
         out = super().__call__(batch)
+        assert isinstance(out, pa.Table), "MemoryProbe takes batch_format='pyarrow'"
         after, rows = memory(), out.num_rows
         out = out.append_column("pid", pa.array([os.getpid()] * rows))
         for key in self.before:
@@ -253,11 +247,9 @@ def check_output(target: Path, expected: dict[str, np.ndarray]) -> None:
             raise SystemExit(f"output {name!r} of the command differs from one process")
 
 
-def rounds(
-    contenders: dict[str, Callable[[int], dict[str, Any]]], count: int
-) -> dict[str, list[dict[str, Any]]]:
+def rounds(contenders: dict[str, Contender], count: int) -> Runs:
     """Every contender once per round, the order rotated each round."""
-    names, results = list(contenders), {name: [] for name in contenders}
+    names, results = list(contenders), Runs((name, []) for name in contenders)
     for i in range(count):
         for name in names[i % len(names) :] + names[: i % len(names)]:
             results[name].append(contenders[name](i))
@@ -265,8 +257,8 @@ def rounds(
     return results
 
 
-def _rates(results: list[dict[str, Any]], seconds: str = "s") -> list[float]:
-    return [r["rows"] / r[seconds] for r in results]
+def _rates(results: list[dict[str, Any]]) -> list[float]:
+    return [r["rows"] / r["s"] for r in results]
 
 
 def split_fixed(big: list[dict[str, Any]], small: list[dict[str, Any]]) -> tuple[float, float]:
@@ -276,36 +268,54 @@ def split_fixed(big: list[dict[str, Any]], small: list[dict[str, Any]]) -> tuple
     return t_small - small[0]["rows"] / marginal, marginal
 
 
-def figures(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], shared: dict[str, Any]) -> str:
-    """The Markdown of the figures section."""
-    rate = {name: statistics.median(_rates(rs)) for name, rs in runs.items()}
+def model_figures(model: str, runs: Runs) -> list[str]:
+    """One model's table (each contender against that model's two one-process baselines) and the
+    command's fixed start-up and marginal rate."""
+    mine = {name.partition(": ")[2]: rs for name, rs in runs.items() if name.startswith(f"{model}: ")}
+    rate = {name: statistics.median(_rates(rs)) for name, rs in mine.items()}
     job, compute = rate[ONE_JOB], rate[ONE_COMPUTE]
-    fixed, marginal = split_fixed(runs[ONE_ACTOR], runs[SMALL])
+    fixed, marginal = split_fixed(mine[ONE_ACTOR], mine[SMALL])
     lines = [
-        f"Measured by `python benchmarks/ray_batch.py --rows {args.rows} --length {args.length} --rounds "
-        f"{args.rounds}` on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}, "
-        f"{platform.system()} {platform.release()}), model `{args.model}`, batches of {BATCH:,} rows, "
-        f"{args.length} ids a row; Python {platform.python_version()}, Ray {ray.__version__}, pyarrow "
-        f"{pa.__version__}, onnxruntime {onnxruntime.__version__}. Medians of {args.rounds} interleaved "
-        "rounds (min - max). The command's figure is its own: read -> predict -> write inside Ray, Ray's "
-        "start excluded; the whole command adds Python, Ray's start and stop.",
+        f"Model `{model}`:",
         "",
-        "| contender | rows | rows/s | min - max | vs one process, same job | vs one process, compute |",
+        f"| contender | rows | rows/s | min - max | vs {ONE_JOB} | vs {ONE_COMPUTE} |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, rs in runs.items():
+    for name, rs in mine.items():
         each = _rates(rs)
         lines.append(
             f"| {name} | {rs[0]['rows']:,} | {rate[name]:,.0f} | {min(each):,.0f} - {max(each):,.0f} | "
             f"{rate[name] / job:.0%} | {rate[name] / compute:.0%} |"
         )
-    lines += [
+    return [
+        *lines,
         "",
-        f"From the 1-actor runs at {runs[SMALL][0]['rows']:,} and {runs[ONE_ACTOR][0]['rows']:,} rows: a "
+        f"From the 1-actor runs at {mine[SMALL][0]['rows']:,} and {mine[ONE_ACTOR][0]['rows']:,} rows: a "
         f"fixed start-up of **{fixed:.1f} s** and a marginal **{marginal:,.0f} rows/s** "
         f"(**{marginal / job:.0%}** of one process doing the same job, {marginal / compute:.0%} of its "
         "compute alone).",
         "",
+    ]
+
+
+def figures(args: argparse.Namespace, runs: Runs, shared: dict[str, Any]) -> str:
+    """The Markdown of the figures section."""
+    lines = [
+        f"Measured by `python benchmarks/ray_batch.py --rows {args.rows} --length {args.length} --rounds "
+        f"{args.rounds}` on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}, "
+        f"{platform.system()} {platform.release()}; a VM shared with other work: load average "
+        f"{args.load:.1f} before the run), batches of {BATCH:,} rows, {args.length} ids a row; Python "
+        f"{platform.python_version()}, Ray {ray.__version__}, pyarrow {pa.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}. Medians of {args.rounds} interleaved rounds (min - max). "
+        f"`{ONE_COMPUTE}`: `run_batched` over the ids already in one array; `{ONE_JOB}`: read the Parquet, "
+        "`run_batched`, write the same columns as Parquet. The command's figure is its own: read -> "
+        "predict -> write inside Ray, Ray's start excluded; the whole command adds Python, Ray's start "
+        "and stop.",
+        "",
+    ]
+    for model in dict.fromkeys(name.partition(": ")[0] for name in runs):
+        lines += model_figures(model, runs)
+    lines += [
         "Each actor's peak memory during the command (MiB):",
         "",
         "| run | actor | peak RSS | peak anonymous |",
@@ -335,56 +345,68 @@ def figures(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], sha
     return "\n".join(lines)
 
 
+def contenders(args: argparse.Namespace, model: str, folder: Path, scaling: bool) -> dict[str, Contender]:
+    """One model's contenders on its own ids (``model: contender`` names); ``scaling`` adds 2 actors.
+    The first 1-actor run's output is checked against one process."""
+    rt = embed_runtime.load(ROOT / model, providers="cpu")
+    stem, high = Path(model).parent.name, rt.inputs[0].input_dim or 2
+    source, small = folder / f"{stem}.parquet", folder / f"{stem}-small.parquet"
+    ids = write_ids(source, args.rows, args.length, high)
+    write_ids(small, args.rows // 10, args.length, high)
+    expected = rt.run(ids)
+
+    def timed(run: Callable[[], Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        run()
+        return {"s": time.perf_counter() - start, "rows": args.rows}
+
+    def command(data: Path, extra: list[str]) -> Contender:
+        def run(i: int) -> dict[str, Any]:
+            target = folder / f"out-{data.stem}-{len(extra)}-{i}"
+            result = run_batch_command(model, data, target, extra)
+            if i == 0 and data == source:
+                check_output(target, expected)
+            return result | {"s": result["pipeline_s"]}
+
+        return run
+
+    found = {
+        ONE_COMPUTE: lambda i: timed(lambda: list(rt.run_batched(ids, BATCH, progress=False))),
+        ONE_JOB: lambda i: timed(lambda: one_process_job(rt, source, folder / f"one-{stem}-{i}.parquet")),
+        ONE_ACTOR: command(source, ["--concurrency", "1"]),
+        TWO_ACTORS: command(source, ["--concurrency", "2", "--actor-cpus", "0.5"]),
+        SMALL: command(small, ["--concurrency", "1"]),
+    }
+    if not scaling:
+        del found[TWO_ACTORS]
+    return {f"{model}: {name}": run for name, run in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the figures, and write them into docs/scale-out.md (unless ``--no-doc``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", default="models/classifier/model.onnx", help="a model, relative to the repo"
-    )
-    parser.add_argument("--rows", type=int, default=1_000_000, help="sequences (default 1,000,000)")
-    parser.add_argument("--length", type=int, default=32, help="ids per sequence (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--table-mib", type=int, default=256, help="the shared table's size (default 256)")
-    parser.add_argument("--json", default=None, help="also write the measurements here")
-    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/scale-out.md")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    add = parser.add_argument
+    add("--model", default="models/classifier/model.onnx", help="a model, relative to the repo")
+    add("--compute-model", default="models/recurrent/model.onnx",
+        help="a second model whose own compute weighs more ('' for none)")  # fmt: skip
+    add("--rows", type=int, default=1_000_000, help="sequences (default 1,000,000)")
+    add("--length", type=int, default=32, help="ids per sequence (default 32)")
+    add("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    add("--table-mib", type=int, default=256, help="the shared table's size (default 256)")
+    add("--json", default=None, help="also write the measurements here")
+    add("--no-doc", action="store_true", help="do not rewrite docs/scale-out.md")
     args = parser.parse_args(argv)
-    rt = embed_runtime.load(ROOT / args.model, providers="cpu")
-    high = rt.inputs[0].input_dim or 2
+    args.load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ray_batch.") as tmp:
         folder = Path(tmp)
-        source, small = folder / "ids.parquet", folder / "small.parquet"
-        ids = write_ids(source, args.rows, args.length, high)
-        write_ids(small, args.rows // 10, args.length, high)
-        expected = rt.run(ids)
-
-        def timed(run: Callable[[], Any]) -> dict[str, Any]:
-            start = time.perf_counter()
-            run()
-            return {"s": time.perf_counter() - start, "rows": args.rows}
-
-        def command(data: Path, extra: list[str]) -> Callable[[int], dict[str, Any]]:
-            def run(i: int) -> dict[str, Any]:
-                target = folder / f"out-{data.stem}-{len(extra)}-{i}"
-                result = run_batch_command(args.model, data, target, extra)
-                if i == 0 and data == source:
-                    check_output(target, expected)
-                return result | {"s": result["pipeline_s"]}
-
-            return run
-
-        contenders = {
-            ONE_COMPUTE: lambda i: timed(lambda: list(rt.run_batched(ids, BATCH, progress=False))),
-            ONE_JOB: lambda i: timed(lambda: one_process_job(rt, source, folder / f"one-{i}.parquet")),
-            ONE_ACTOR: command(source, ["--concurrency", "1"]),
-            TWO_ACTORS: command(source, ["--concurrency", "2", "--actor-cpus", "0.5"]),
-            SMALL: command(small, ["--concurrency", "1"]),
-        }
-        runs = rounds(contenders, args.rounds)
-        for name in (ONE_ACTOR, TWO_ACTORS):
+        everyone = contenders(args, args.model, folder, scaling=True)
+        if args.compute_model:
+            everyone |= contenders(args, args.compute_model, folder, scaling=False)
+        runs = rounds(everyone, args.rounds)
+        for name in [n for n in runs if n.endswith((ONE_ACTOR, TWO_ACTORS))]:
             runs[f"{name}, whole command"] = [r | {"s": r["wall_s"], "actors": []} for r in runs[name]]
-        ray.init(num_cpus=3, include_dashboard=False, logging_level="warning")
+        ray.init(num_cpus=3, include_dashboard=False, logging_level=logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
             shared = shared_table(folder, args.table_mib)

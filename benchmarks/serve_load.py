@@ -202,13 +202,16 @@ async def _client(port: int, request: bytes, stop: float, budget: list[int], lat
     return errors
 
 
-async def _load(port: int, request: bytes, concurrency: int, duration: float, max_requests: int) -> dict:
-    """Run the clients; the raw latencies (s), error count and elapsed seconds."""
+async def _load(
+    port: int, request: bytes, concurrency: int, duration: float, max_requests: int, client: Any = _client
+) -> dict:
+    """Run the clients (``client``: :func:`_client` or one of the same signature); the raw latencies (s),
+    error count and elapsed seconds."""
     latencies: list[float] = []
     budget = [max_requests]
     start = time.perf_counter()
     errors = await asyncio.gather(
-        *(_client(port, request, start + duration, budget, latencies) for _ in range(concurrency))
+        *(client(port, request, start + duration, budget, latencies) for _ in range(concurrency))
     )
     return {"latencies": latencies, "errors": int(sum(errors)), "seconds": time.perf_counter() - start}
 
@@ -308,6 +311,9 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--reference-server", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    import serve_mlserver  # not at the top: it imports this module
+
+    serve_mlserver.add_arguments(parser)
     args = parser.parse_args()
 
     if args.reference_server:
@@ -317,6 +323,8 @@ def main() -> int:
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
         return 0
 
+    if args.mlserver:
+        return serve_mlserver.main(args)
     with tempfile.TemporaryDirectory() as tmp:
         path = (
             Path(args.model)

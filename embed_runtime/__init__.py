@@ -10,6 +10,9 @@ Where things live:
 * ``runtime``: :class:`Runtime` and :func:`load`, the story of a call (validate, run, result);
 * ``inputs``: validation of what users pass (the one id check is ``RangePlan.check``);
 * ``binding``: IO-binding reuse for repeated shapes (the hot path) and ``out=`` runs;
+* ``lookup``: outputs the exporter proved to be bare Embedding lookups, answered by numpy from a table
+  read out of the model at load and checked byte for byte against onnxruntime;
+* ``text``: strings -> ids by an artifact's declared text spec; ``conversion``: lists to arrays;
 * ``device``: ``run(..., device_outputs=True)``: outputs left on the device as ``OrtValue``s (DLPack);
 * ``providers``: execution providers, plugin EPs as table rows, the "auto" choice, session creation;
 * ``options``: :class:`RuntimeOptions` and the onnxruntime ``SessionOptions`` made from them;

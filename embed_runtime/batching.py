@@ -1,9 +1,9 @@
 """Chunking for :meth:`~embed_runtime.Runtime.run_batched`: the batch size check, the split of any input
-along the batch axis, and the optional progress bar."""
+along the batch axis, the optional progress bar and the loop over the chunks (:func:`run_chunks`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
@@ -59,3 +59,31 @@ def progress_bar(total: int | None, enabled: bool) -> Any | None:
     except ImportError:
         return None
     return tqdm(total=total, unit="seq", desc="embed_runtime")
+
+
+def run_chunks(
+    run: Callable[[Any], dict[str, np.ndarray]],
+    inputs: Any,
+    batch_size: object,
+    names: list[str],
+    progress: bool,
+) -> Iterator[dict[str, np.ndarray]]:
+    """``run`` on each chunk of ``batch_size`` sequences of ``inputs`` (a model with inputs ``names``), one
+    result at a time; the batch size is checked before the first chunk is asked for."""
+    size = check_batch_size(batch_size)
+    parts, total = chunks(inputs, size, names)
+    return _stream(run, parts, progress_bar(total, progress))
+
+
+def _stream(
+    run: Callable[[Any], dict[str, np.ndarray]], parts: Iterator[Any], bar: Any | None
+) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        for chunk in parts:
+            result = run(chunk)
+            if bar is not None:
+                bar.update(batch_len(chunk))
+            yield result
+    finally:
+        if bar is not None:
+            bar.close()

@@ -14,8 +14,8 @@ The hot path (:meth:`Binder.run_hot`): a single-input model called again with an
 dtype of this thread's last call skips the general validation; the ids are copied into a free bound buffer
 and checked there by :meth:`~embed_runtime.inputs.RangePlan.check`, the same id check as every other path.
 
-``out=`` (:func:`check_out`, :func:`run_into`): caller-owned arrays bound as outputs, so that a big batch
-is written straight into them.
+``out=`` (:func:`run_into`): caller-owned arrays (checked by :func:`~embed_runtime.tensors.check_out`) bound
+as outputs, so that a big batch is written straight into them.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import InferenceError, InputTypeError, InvalidInputError
+from .errors import InferenceError, InvalidInputError
 from .inputs import RangePlan, range_plan
 from .options import RuntimeOptions
-from .tensors import TensorInfo, expected_shape
+from .tensors import TensorInfo
 
 MAX_BUFFER_SETS = 3
 """Buffer sets per input shape: enough for a caller that keeps the previous result while asking the next."""
@@ -71,7 +71,18 @@ def private_run_with_iobinding(
 class _BufferSet:
     """One ``IOBinding`` with its own input and output buffers, bound once."""
 
-    __slots__ = ("arrays", "binding", "idle_refs", "ids", "ids_view", "inputs", "names", "outputs", "run_bound", "single")
+    __slots__ = (
+        "arrays",
+        "binding",
+        "idle_refs",
+        "ids",
+        "ids_view",
+        "inputs",
+        "names",
+        "outputs",
+        "run_bound",
+        "single",
+    )
 
     def __init__(self, sess: ort.InferenceSession, layout: _Layout, plan: RangePlan | None):
         self.binding = sess.io_binding()
@@ -234,45 +245,6 @@ class Binder:
         while len(cache) > self.max_shapes:
             cache.popitem(last=False)
             self._local.hot = None  # it may point at the evicted entry
-
-
-def check_out(
-    out: np.ndarray | Mapping[str, np.ndarray],
-    names: tuple[str, ...],
-    feeds: Mapping[str, np.ndarray],
-    inputs: Sequence[TensorInfo],
-    outputs: Mapping[str, TensorInfo],
-) -> dict[str, np.ndarray]:
-    """``out=`` as ``{output name: array}``, checked against the requested outputs ``names`` that these
-    feeds of ``inputs`` produce: names, dtypes, contiguity, and every shape the graph states."""
-    if isinstance(out, np.ndarray):
-        if len(names) != 1:
-            raise InvalidInputError(
-                f"out= is a single array but {len(names)} outputs are requested ({', '.join(names)}); "
-                "pass a dict {output name: array} or outputs=[name]"
-            )
-        out = {names[0]: out}
-    elif not isinstance(out, Mapping):
-        raise InputTypeError(f"out= must be a numpy array or a dict of them, not {type(out).__name__}")
-    unknown = [n for n in out if n not in names]
-    if unknown:
-        raise InvalidInputError(
-            f"out= names {', '.join(map(repr, unknown))}, which is not among the requested outputs "
-            f"{', '.join(names)}"
-        )
-    for name, arr in out.items():
-        dtype = outputs[name].dtype
-        if not isinstance(arr, np.ndarray):
-            raise InputTypeError(f"out[{name!r}] must be a numpy array, not {type(arr).__name__}")
-        if arr.dtype != dtype:
-            raise InputTypeError(f"out[{name!r}] has dtype {arr.dtype}; output {name!r} is {dtype}")
-        if not (arr.flags.c_contiguous and arr.flags.writeable):
-            raise InvalidInputError(f"out[{name!r}] must be a writeable C-contiguous array")
-        want = expected_shape(outputs[name], inputs, feeds)
-        if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
-            shown = "(" + ", ".join("?" if w is None else str(w) for w in want) + ")"
-            raise InvalidInputError(f"out[{name!r}] has shape {arr.shape}; these inputs give {shown}")
-    return dict(out)
 
 
 def run_into(

@@ -100,6 +100,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rt = _load(args)
     print(f"model: {rt.path}")
     print(f"providers in use: {', '.join(rt.providers)}")
+    print(f"execution: {rt.execution}")
     print("inputs:")
     for s in rt.inputs:
         extra = f", ids in [0, {s.input_dim})" if s.input_dim is not None else ""

@@ -18,6 +18,9 @@ An exported model is a plain ONNX file. What makes it an *embed-runtime* artifac
   ``sha256`` (of the whole file) and ``sample_sha256`` (of 16 blocks of 4 KiB spread over it); the runtime
   refuses to load a model whose data file has another size or sample, ``embed-runtime info`` checks the
   full sha256 (:mod:`embed_runtime.artifact`).
+* **Pure lookups** (``lookup_output`` in an ``embed_runtime.embeddings`` entry, where the exporter proved
+  it): the output that is exactly the entry's table lookup of its one input (see :class:`EmbeddingInfo`);
+  with the masks, what the runtime may answer from a table read out of the model (:mod:`embed_runtime.lookup`).
 
 * **Text front end** (``embed_runtime.text``, only in models exported from a string input): Keras's
   ``TextVectorization`` cannot live in a standard ONNX graph, because its default ``strip_punctuation`` is a
@@ -26,9 +29,9 @@ An exported model is a plain ONNX file. What makes it an *embed-runtime* artifac
   So the graph takes the int64 ids, and the preprocessing is a *declared spec*: a JSON object keyed by the
   graph id input, one :class:`TextSpec` each (standardize, split, the vocabulary in Keras's
   ``get_vocabulary()`` order, OOV and mask tokens, sequence length, and the Keras version it was read from).
-  :mod:`embed_runtime.text` implements it in numpy and the standard library, id for id as Keras does.
-  Every option runs by the spec today; running the options that standard ops reproduce exactly (no
-  standardize, ``split=None``) in the graph is a later optimisation.
+  :mod:`embed_runtime.text` implements it, id for id as Keras does. Where standard ops are exact (one OOV
+  id, no standardize or split) the graph does the lookup itself (``LabelEncoder``) on the strings; its
+  spec, marked ``in_graph``, still describes it.
 
 Other languages can read the same keys: they are plain strings and JSON.
 """
@@ -107,6 +110,10 @@ class EmbeddingInfo:
             ``per_row_scale`` (``row = q * scale[row]``) or ``per_row_inverse_scale``
             (``row = q / scale[row]``, Keras's own int8); ``None`` otherwise. These two keys are written only
             when they differ from the defaults, so older files read the same.
+        lookup_output: the graph output that is exactly this lookup, proven by the exporter
+            (:mod:`exporters.pure_lookups`): row ``id`` of the (dequantized) table for each id of the entry's
+            one input, nothing else. ``None`` (not written) when no output is. The runtime may then answer
+            it from a table it reads out of the model (:mod:`embed_runtime.lookup`).
     """
 
     layer: str
@@ -119,14 +126,17 @@ class EmbeddingInfo:
     dtype: str = "float32"
     table_dtype: str = "float32"
     quantization: str | None = None
+    lookup_output: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with the keys of this class (``table_dtype`` and ``quantization`` only when
-        they are not the defaults)."""
+        they are not the defaults, ``lookup_output`` only when set)."""
         d = asdict(self)
         d["inputs"] = list(self.inputs)
         if d["table_dtype"] == "float32" and d["quantization"] is None:
             del d["table_dtype"], d["quantization"]
+        if d["lookup_output"] is None:
+            del d["lookup_output"]
         return d
 
     @classmethod
@@ -152,6 +162,12 @@ class EmbeddingInfo:
             raise ValueError(
                 f"embedding {d['layer']!r}: 'padding_id' must be an integer or null, found {padding!r}"
             )
+        lookup = d.get("lookup_output")
+        if lookup is not None and (not isinstance(lookup, str) or len(inputs) != 1):
+            raise ValueError(
+                f"embedding {d['layer']!r}: 'lookup_output' must be an output name on an entry with one "
+                f"input, found {lookup!r} with inputs {inputs!r}"
+            )
         return cls(
             layer=str(d["layer"]),
             inputs=tuple(inputs),
@@ -163,6 +179,7 @@ class EmbeddingInfo:
             dtype=str(d.get("dtype", "float32")),
             table_dtype=str(d.get("table_dtype", "float32")),
             quantization=None if d.get("quantization") is None else str(d["quantization"]),
+            lookup_output=lookup,
         )
 
 
@@ -255,12 +272,22 @@ class TextSpec:
         split: one of :data:`SPLIT_OPTIONS`.
         vocabulary: every token in index order, special tokens included (Keras's ``get_vocabulary()``):
             token ``vocabulary[i]`` gets id ``i``.
-        oov_token: the out-of-vocabulary token; any token not in ``vocabulary`` gets its id.
+        oov_token: the out-of-vocabulary token, at ids ``oov_start`` to ``oov_start + num_oov_indices - 1``
+            of ``vocabulary`` (``oov_start`` is 1 with a mask token, else 0); a token of its own after them
+            is an ordinary token.
         mask_token: the token with id 0 (``""`` for ``TextVectorization``), or ``None``.
-        num_oov_indices: OOV ids; only 1 (more would need Keras's FarmHash of each token).
+        num_oov_indices: how many OOV ids (>= 1). A token that is neither in ``vocabulary[oov_start +
+            num_oov_indices:]`` nor the mask token gets id ``oov_start + Fingerprint64(utf8(token)) %
+            num_oov_indices``: FarmHash's ``Fingerprint64`` (``farmhashna::Hash64``), which is what
+            ``tf.strings.to_hash_bucket_fast`` computes in Keras's lookup layers (both flavours); with
+            one OOV id that is ``oov_start``. More than one needs the ``text`` extra (``cityhash``).
         output_sequence_length: pad with 0 / truncate every row to this length; ``None`` pads a batch to
             its longest row.
         keras_flavour, keras_version: the Keras the spec was read from.
+        in_graph: the graph does this lookup itself (``LabelEncoder``; one OOV id, no standardize or
+            split): ``input`` is a string tensor, rows of tokens ``(batch, seq)`` (short rows padded with
+            the mask token) or texts ``(batch, 1)``, which the runtime only checks and pads. Written only
+            when true: older files, all declared, read the same.
     """
 
     input: str
@@ -275,6 +302,7 @@ class TextSpec:
     output_sequence_length: int | None
     keras_flavour: str
     keras_version: str
+    in_graph: bool = False
 
     def __post_init__(self) -> None:
         where = f"text spec of input {self.input!r}"
@@ -287,24 +315,41 @@ class TextSpec:
             raise ValueError(f"{where}: standardize {self.standardize!r} is not one of {STANDARDIZE_OPTIONS}")
         if self.split not in SPLIT_OPTIONS:
             raise ValueError(f"{where}: split {self.split!r} is not one of {SPLIT_OPTIONS}")
-        if self.num_oov_indices != 1:
-            raise ValueError(f"{where}: num_oov_indices must be 1, found {self.num_oov_indices!r}")
-        if self.oov_token not in self.vocabulary:
-            raise ValueError(f"{where}: oov_token {self.oov_token!r} is not in the vocabulary")
+        n = self.num_oov_indices
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{where}: num_oov_indices must be an integer >= 1, found {n!r}")
         if self.mask_token is not None and self.vocabulary[:1] != (self.mask_token,):
             raise ValueError(f"{where}: mask_token {self.mask_token!r} must be the vocabulary's first token")
-        if len(set(self.vocabulary)) != len(self.vocabulary):
+        start = self.oov_start
+        if self.vocabulary[start : start + n] != (self.oov_token,) * n:
+            raise ValueError(
+                f"{where}: oov_token {self.oov_token!r} must be the vocabulary's tokens {start} to "
+                f"{start + n - 1} (num_oov_indices={n}), found {list(self.vocabulary[start : start + n])!r}"
+            )
+        tokens = self.vocabulary[:start] + self.vocabulary[start + n :]
+        if len(set(tokens)) != len(tokens):
             raise ValueError(f"{where}: the vocabulary repeats a token")
         length = self.output_sequence_length
         if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
             raise ValueError(
                 f"{where}: output_sequence_length must be an integer >= 1 or null, found {length!r}"
             )
+        plain_lookup = (n, self.standardize, self.split) == (1, None, None)
+        if not isinstance(self.in_graph, bool) or (self.in_graph and not plain_lookup):
+            raise ValueError(f"{where}: in_graph must be a bool, true only with num_oov_indices 1 and no "
+                             f"standardize or split, found {self.in_graph!r}")  # fmt: skip
+
+    @property
+    def oov_start(self) -> int:
+        """The first OOV id: 1 after a mask token, else 0 (Keras's ``_oov_start_index`` for ``"int"``)."""
+        return 0 if self.mask_token is None else 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with the keys of this class."""
         d = asdict(self)
         d["vocabulary"] = list(self.vocabulary)
+        if not self.in_graph:
+            del d["in_graph"]
         return d
 
     @classmethod
@@ -312,7 +357,7 @@ class TextSpec:
         """Parse one value of ``embed_runtime.text``; raises ``ValueError`` saying what is wrong."""
         if not isinstance(d, dict):
             raise ValueError(f"text spec {str(d)[:80]!r} is not a JSON object")
-        names = list(cls.__dataclass_fields__)
+        names = [k for k in cls.__dataclass_fields__ if k in d or k != "in_graph"]
         missing = [k for k in names if k not in d]
         if missing:
             raise ValueError(f"text spec of input {d.get('input')!r} lacks the key {missing[0]!r}")

@@ -29,7 +29,7 @@ Where a new validation rule goes: each kind of rule has exactly one place, which
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -101,6 +101,11 @@ class RangePlan:
     minmax: bool
     view: np.dtype[Any] | None
     limit: int
+
+    def unviewed(self) -> RangePlan:
+        """This check for ids as they are, not viewed (``min`` and ``max`` both compared): for a few ids,
+        cheaper than making the unsigned view (the lookup hot path, :mod:`embed_runtime.lookup`)."""
+        return self if self.view is None else replace(self, minmax=True, view=None, limit=self.hi)
 
     def view_ids(self, ids: np.ndarray) -> np.ndarray:
         """``ids`` as :meth:`check` reads them (no copy); bound buffers keep this view of their ids."""

@@ -32,6 +32,10 @@ class RuntimeOptions:
         log_provider_choice: log what ``providers="auto"`` chose (INFO) and any fall-back (WARNING).
         log_severity_level: onnxruntime's own log level (0 verbose ... 4 fatal).
         graph_optimization_level: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
+        lookup_fast_path: answer the outputs the exporter proved to be pure lookups (and their masks) from
+            the tables read out of the model at load, with numpy (:mod:`embed_runtime.lookup`).
+        lookup_max_bytes: largest total size, in bytes, of those tables (in the outputs' dtype); a model
+            with bigger tables stays on onnxruntime.
 
     Raises :class:`~embed_runtime.errors.ConfigurationError` for a value outside those.
     """
@@ -45,6 +49,8 @@ class RuntimeOptions:
     log_provider_choice: bool = True
     log_severity_level: int = 3
     graph_optimization_level: str = "all"
+    lookup_fast_path: bool = True
+    lookup_max_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         limits = (
@@ -53,6 +59,7 @@ class RuntimeOptions:
             ("io_binding_max_bytes", self.io_binding_max_bytes, 0, False),
             ("io_binding_cache", self.io_binding_cache, 1, False),
             ("log_severity_level", self.log_severity_level, 0, False),
+            ("lookup_max_bytes", self.lookup_max_bytes, 0, False),
         )
         for name, value, low, optional in limits:
             if value is None and optional:
@@ -80,3 +87,9 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so.log_severity_level = options.log_severity_level
     so.graph_optimization_level = _OPT_LEVELS[options.graph_optimization_level]
     return so
+
+
+QUIET_RUN = ort.RunOptions()
+"""``RunOptions`` that keep onnxruntime from logging a failed run's error to stderr, for the runs whose
+failure the runtime turns into its own clear error (inputs with no ids); other runs log as configured."""
+QUIET_RUN.log_severity_level = 4

@@ -2,13 +2,16 @@
 
 :meth:`Runtime.run` takes, in order:
 
-1. the repeated-shape hot path, :meth:`Binder.run_hot <embed_runtime.binding.Binder.run_hot>` (ids
-   checked in a bound buffer), when it answers;
+1. the hot path, when it answers: :meth:`LookupPath.run_hot <embed_runtime.lookup.LookupPath.run_hot>`
+   for a model whose outputs are proven lookups (numpy ``take`` on the tables read at load), else the
+   repeated-shape :meth:`Binder.run_hot <embed_runtime.binding.Binder.run_hot>` (ids checked in a bound
+   buffer);
 2. validation, :meth:`Runtime.prepare` (the rules live in :mod:`embed_runtime.inputs`);
-3. the run: through this thread's bound buffers (:class:`~embed_runtime.binding.Binder`) when it has them
-   for these shapes, else plainly with ``InferenceSession.run`` (the binder then learns the shapes);
-   with ``out=``, caller-owned arrays are bound as outputs, so a big batch is written straight into them;
-4. the result: ``{output name: array}``.
+3. the run: by the lookup path when every requested output is a proven lookup or mask, else through this
+   thread's bound buffers (:class:`~embed_runtime.binding.Binder`) when it has them for these shapes, else
+   plainly with ``InferenceSession.run`` (the binder then learns the shapes); with ``out=``, caller-owned
+   arrays are bound as outputs, so a big batch is written straight into them;
+4. the result: ``{output name: array}``. :attr:`Runtime.execution` says which path serves the model.
 
 :meth:`Runtime.run_batched` streams chunks of :meth:`Runtime.run` with memory bounded by the chunk size.
 """
@@ -23,16 +26,18 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from . import tensors
 from .artifact import check_data_files
-from .batching import batch_len, check_batch_size, chunks, progress_bar
-from .binding import Binder, Results, check_out, run_into
+from .batching import run_chunks
+from .binding import Binder, Results, run_into
 from .contract import ModelMetadata
 from .device import DeviceOutputs, run_on_device
 from .errors import EmbedRuntimeError, InferenceError, InvalidInputError, ModelLoadError, first_line
 from .inputs import FastCheck, prepare_all
-from .options import RuntimeOptions
+from .lookup import build as lookup_path
+from .options import QUIET_RUN, RuntimeOptions
 from .providers import Providers, create_session
-from .tensors import batch_axes, expected_shape, tensor_info
+from .tensors import check_out, expected_shape, tensor_info
 from .text import front_end
 
 
@@ -50,6 +55,8 @@ class Runtime:
         metadata: the contract's :class:`~embed_runtime.contract.ModelMetadata` (empty for foreign files).
         text: the :class:`~embed_runtime.text.TextFrontEnd` of a model exported from strings, else None.
         options: the :class:`RuntimeOptions` in effect (``threads=`` folded in).
+        execution: what answers :meth:`run`: ``numpy lookup (...)`` (:mod:`embed_runtime.lookup`) or
+            ``onnxruntime: <why not the lookup path>``.
         session: the underlying ``onnxruntime.InferenceSession``.
     """
 
@@ -89,10 +96,15 @@ class Runtime:
         self._checks = {i.name: FastCheck(i) for i in self.inputs}
         self._fast_check = self._checks[self.inputs[0].name] if len(self.inputs) == 1 else None
         self._binder = Binder(self.session, opts, self.inputs) if opts.io_binding else None
-        self._batch_axes = batch_axes(self.inputs, self.outputs)
+        self._batch_axes = tensors.batch_axes(self.inputs, self.outputs)
+        self._lookup, self.execution = lookup_path(
+            self.session, self.metadata, self.inputs, self.outputs, opts, self.path.name
+        )
+        lookup_hot = None if self._lookup is None else self._lookup.run_hot
+        self._hot = lookup_hot or (None if self._binder is None else self._binder.run_hot)
 
     def __repr__(self) -> str:
-        return f"Runtime({str(self.path)!r}, providers={self.providers})"
+        return f"Runtime({str(self.path)!r}, providers={self.providers}, execution={self.execution!r})"
 
     @property
     def providers(self) -> list[str]:
@@ -100,16 +112,7 @@ class Runtime:
         return list(self.session.get_providers())
 
     def _select(self, outputs: Sequence[str] | str | None) -> tuple[str, ...]:
-        if outputs is None:
-            return self._output_names
-        names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
-        unknown = [n for n in names if n not in self._outputs_by_name]
-        if unknown or not names:
-            raise InvalidInputError(
-                f"unknown output(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                f"the model's outputs are {', '.join(self._output_names)}"
-            )
-        return names
+        return self._output_names if outputs is None else tensors.select_outputs(outputs, self._output_names)
 
     def prepare(self, inputs: Any, *, single_sequence: bool = False) -> dict[str, np.ndarray]:
         """Validate ``inputs`` exactly as :meth:`run` does and return what onnxruntime would be fed:
@@ -170,19 +173,14 @@ class Runtime:
         """
         if device_outputs:
             return run_on_device(self, inputs, self._select(outputs), out, single_sequence, trust_device_ids)
-        binder = self._binder
-        if (  # the repeated-shape hot path: checked in a bound buffer, or None
-            binder is not None
-            and type(inputs) is np.ndarray
-            and out is None
-            and outputs is None
-            and not single_sequence
-        ):
-            result = binder.run_hot(inputs)
+        hot = self._hot  # the lookup path, or the binder's repeated-shape path
+        every_output = out is None and outputs is None and not single_sequence
+        if hot is not None and every_output and type(inputs) is np.ndarray:
+            result = hot(inputs)  # None: the general path takes it
             if result is not None:
                 return result
         feeds = self.prepare(inputs, single_sequence=single_sequence)
-        names = self._output_names if outputs is None else self._select(outputs)
+        names = self._select(outputs)
         if out is not None:
             targets = check_out(out, names, feeds, self.inputs, self._outputs_by_name)
             return self._run_out(feeds, names, targets, outputs is None)
@@ -196,7 +194,12 @@ class Runtime:
         return self.text.tokenize(texts)
 
     def _run_feeds(self, feeds: dict[str, np.ndarray], names: tuple[str, ...], hot: bool) -> Results:
-        """Through the binder's bound buffers when it has them for these shapes, else plainly."""
+        """By the lookup path when it serves every output in ``names``; else through the binder's bound
+        buffers when it has them for these shapes, else plainly."""
+        if self._lookup is not None:
+            result = self._lookup.run(feeds, names)
+            if result is not None:
+                return result
         binder = self._binder
         result = None if binder is None else binder.run(feeds, names, hot)
         if result is None:
@@ -206,12 +209,14 @@ class Runtime:
         return result
 
     def _run_plain(self, feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> Results:
-        """``InferenceSession.run``, with the number of rows of every output checked against the batch."""
+        """``InferenceSession.run``, with the number of rows of every output checked against the batch.
+        A run on inputs without ids logs nothing: its failure becomes the clear error below."""
+        quiet = None if all(a.size for a in feeds.values()) else QUIET_RUN
         try:
-            values = self.session.run(list(names), feeds)
+            values = self.session.run(list(names), feeds, quiet)
         except Exception as exc:
-            if any(a.shape[0] == 0 for a in feeds.values() if a.ndim):
-                return {n: self._empty(n, feeds) for n in names}  # an empty batch: nothing to compute
+            if any(a.shape[0] == 0 for a in feeds.values() if a.ndim):  # an empty batch: nothing to compute
+                return {n: tensors.empty_output(self._outputs_by_name[n], self.inputs, feeds) for n in names}
             empty = next((n for n, a in feeds.items() if a.size == 0), None)
             if empty is not None:
                 raise InvalidInputError(
@@ -220,14 +225,7 @@ class Runtime:
                 ) from exc
             raise InferenceError(f"onnxruntime failed running {self.path.name}: {exc}") from exc
         result = dict(zip(names, values))
-        for output, graph_input in self._batch_axes:
-            got, sent = result.get(output), feeds[graph_input]
-            if got is not None and got.shape[:1] != sent.shape[:1]:
-                raise InferenceError(
-                    f"onnxruntime returned {got.shape[0] if got.ndim else 'no'} rows of {output!r} for "
-                    f"{sent.shape[0]} rows of {graph_input!r} in {self.path.name}; refusing a result with "
-                    "a different batch"
-                )
+        tensors.check_batch_rows(result, feeds, self._batch_axes, self.path.name)
         return result
 
     def _run_out(
@@ -240,9 +238,8 @@ class Runtime:
         if not (small and self._binder is not None) and all(a.size for a in feeds.values()):
             return run_into(self.session, feeds, names, targets, self.path.name)
         result = self._run_feeds(feeds, names, hot)
-        for name, target in targets.items():
-            # check_out cannot see axes the graph leaves unstated: never broadcast into them
-            if target.shape != result[name].shape:
+        for name, target in targets.items():  # check_out cannot see the axes the graph leaves unstated
+            if target.shape != result[name].shape:  # never broadcast into them
                 raise InvalidInputError(
                     f"out[{name!r}] has shape {target.shape} but output {name!r} is "
                     f"{result[name].shape} for these inputs"
@@ -255,18 +252,11 @@ class Runtime:
         symbolic name is shared with an input axis; ``None`` where the graph does not say."""
         return expected_shape(self._outputs_by_name[name], self.inputs, feeds)
 
-    def _empty(self, name: str, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        """An empty output for an empty batch that onnxruntime refused to run."""
-        shape = [0 if d is None else d for d in self.expected_shape(name, feeds)]
-        if shape:
-            shape[0] = 0
-        return np.empty(tuple(shape), dtype=self._outputs_by_name[name].dtype)
-
     def run_batched(
         self,
         inputs: Any,
         batch_size: int = 1024,
-        progress: bool = True,
+        progress: bool = False,
         *,
         outputs: Sequence[str] | str | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
@@ -274,22 +264,12 @@ class Runtime:
 
         ``inputs`` is an array, a dict of arrays (same batch length), or any iterable of sequences (a
         generator works: it is consumed one chunk at a time, so memory stays bounded by the chunk size).
-        Ragged chunks are padded to their own longest sequence. ``progress`` shows a tqdm bar when tqdm is
-        installed. Raises :class:`~embed_runtime.errors.ConfigurationError` unless ``batch_size`` is an
-        integer >= 1.
+        Ragged chunks are padded to their own longest sequence. ``progress=True`` shows a tqdm bar (when
+        tqdm is installed). Raises :class:`~embed_runtime.errors.ConfigurationError` unless ``batch_size``
+        is an integer >= 1.
         """
-        size = check_batch_size(batch_size)
-        parts, total = chunks(inputs, size, [i.name for i in self.inputs])
-        bar = progress_bar(total, progress)
-        try:
-            for chunk in parts:
-                result = self.run(chunk, outputs=outputs)
-                if bar is not None:
-                    bar.update(batch_len(chunk))
-                yield result
-        finally:
-            if bar is not None:
-                bar.close()
+        names = [i.name for i in self.inputs]
+        return run_chunks(lambda chunk: self.run(chunk, outputs=outputs), inputs, batch_size, names, progress)
 
 
 def load(

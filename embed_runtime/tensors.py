@@ -1,5 +1,7 @@
-"""What the runtime knows about one graph input or output (:class:`TensorInfo`), and onnxruntime's type
-strings as numpy dtypes."""
+"""What the runtime knows about one graph input or output (:class:`TensorInfo`), onnxruntime's type
+strings as numpy dtypes, and the checks and shapes of outputs: the outputs a call selects
+(:func:`select_outputs`), the shape these feeds give (:func:`expected_shape`, :func:`empty_output`), the
+``out=`` arrays (:func:`check_out`) and the rows onnxruntime returned (:func:`check_batch_rows`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from .errors import InferenceError, InputTypeError, InvalidInputError
 
 ORT_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
@@ -107,10 +111,88 @@ def expected_shape(
     )
 
 
+def empty_output(
+    output: TensorInfo, inputs: Sequence[TensorInfo], feeds: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """An empty ``output`` for an empty batch of ``feeds`` that onnxruntime refused to run: no rows, the
+    other axes as :func:`expected_shape` gives them (0 where the graph does not say)."""
+    shape = [0 if d is None else d for d in expected_shape(output, inputs, feeds)]
+    if shape:
+        shape[0] = 0
+    return np.empty(tuple(shape), dtype=output.dtype)
+
+
 def batch_axes(inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> list[tuple[str, str]]:
     """``(output, input)`` pairs whose first axes share one symbolic name in the graph (``batch``...):
     those outputs must have as many rows as that input."""
     first = {i.dim_names[0]: i.name for i in inputs if i.dim_names and i.dim_names[0] is not None}
-    return [
-        (o.name, first[o.dim_names[0]]) for o in outputs if o.dim_names and o.dim_names[0] in first
-    ]
+    return [(o.name, first[o.dim_names[0]]) for o in outputs if o.dim_names and o.dim_names[0] in first]
+
+
+def check_batch_rows(
+    result: Mapping[str, np.ndarray],
+    feeds: Mapping[str, np.ndarray],
+    axes: Sequence[tuple[str, str]],
+    model: str,
+) -> None:
+    """Raise :class:`InferenceError` when an output of ``result`` has another number of rows than the input
+    whose batch axis it shares (``axes``: :func:`batch_axes`)."""
+    for output, graph_input in axes:
+        got, sent = result.get(output), feeds[graph_input]
+        if got is not None and got.shape[:1] != sent.shape[:1]:
+            raise InferenceError(
+                f"onnxruntime returned {got.shape[0] if got.ndim else 'no'} rows of {output!r} for "
+                f"{sent.shape[0]} rows of {graph_input!r} in {model}; refusing a result with a different batch"
+            )
+
+
+def select_outputs(outputs: Sequence[str] | str, names: Sequence[str]) -> tuple[str, ...]:
+    """The requested ``outputs`` (one name or several) of a model whose outputs are ``names``; raises
+    :class:`InvalidInputError` for an unknown name or an empty selection."""
+    chosen = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    unknown = [n for n in chosen if n not in names]
+    if unknown or not chosen:
+        raise InvalidInputError(
+            f"unknown output(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"the model's outputs are {', '.join(names)}"
+        )
+    return chosen
+
+
+def check_out(
+    out: np.ndarray | Mapping[str, np.ndarray],
+    names: tuple[str, ...],
+    feeds: Mapping[str, np.ndarray],
+    inputs: Sequence[TensorInfo],
+    outputs: Mapping[str, TensorInfo],
+) -> dict[str, np.ndarray]:
+    """``out=`` as ``{output name: array}``, checked against the requested outputs ``names`` that these
+    feeds of ``inputs`` produce: names, dtypes, contiguity, and every shape the graph states."""
+    if isinstance(out, np.ndarray):
+        if len(names) != 1:
+            raise InvalidInputError(
+                f"out= is a single array but {len(names)} outputs are requested ({', '.join(names)}); "
+                "pass a dict {output name: array} or outputs=[name]"
+            )
+        out = {names[0]: out}
+    elif not isinstance(out, Mapping):
+        raise InputTypeError(f"out= must be a numpy array or a dict of them, not {type(out).__name__}")
+    unknown = [n for n in out if n not in names]
+    if unknown:
+        raise InvalidInputError(
+            f"out= names {', '.join(map(repr, unknown))}, which is not among the requested outputs "
+            f"{', '.join(names)}"
+        )
+    for name, arr in out.items():
+        dtype = outputs[name].dtype
+        if not isinstance(arr, np.ndarray):
+            raise InputTypeError(f"out[{name!r}] must be a numpy array, not {type(arr).__name__}")
+        if arr.dtype != dtype:
+            raise InputTypeError(f"out[{name!r}] has dtype {arr.dtype}; output {name!r} is {dtype}")
+        if not (arr.flags.c_contiguous and arr.flags.writeable):
+            raise InvalidInputError(f"out[{name!r}] must be a writeable C-contiguous array")
+        want = expected_shape(outputs[name], inputs, feeds)
+        if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+            shown = "(" + ", ".join("?" if w is None else str(w) for w in want) + ")"
+            raise InvalidInputError(f"out[{name!r}] has shape {arr.shape}; these inputs give {shown}")
+    return dict(out)

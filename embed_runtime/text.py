@@ -14,28 +14,40 @@ Keras flavours (both run the same TensorFlow ops, read from their source):
 * ``character`` split: ``tf.strings.unicode_split(x, "UTF-8")``: one token per code point (combining marks
   are tokens of their own).
 * ``split=None``: the standardized string is the one token (``""`` is the mask token, id 0).
-* ``StringLookup`` (``layer_class``): the input is rows of tokens, each looked up as it is; rows must
-  have one length, as in Keras's dense input.
-* lookup: ``vocabulary[i]`` has id ``i``; any other token has the OOV id. Rows are padded with 0 (or cut)
-  to ``output_sequence_length``, else to the longest row of the batch -- and to at least 1, since a graph
-  may not run on length 0 (Keras returns ``(batch, 0)`` for a batch of empty strings).
+* ``StringLookup`` (``layer_class``): the input is rows of tokens, each looked up as it is. Keras's
+  dense input has no ragged rows (``tf.ragged`` rows made dense with ``to_tensor()`` are padded with
+  ``""``); here a short row is padded with the layer's mask token, id 0, which the mask marks as
+  padding, like a ragged row of ids; without a mask token there is no padding token and rows must have
+  one length.
+* lookup: ``vocabulary[i]`` has id ``i``; any other token has an OOV id: the one OOV id, or with
+  ``num_oov_indices`` n > 1 the bucket Keras's ``tf.strings.to_hash_bucket_fast(token, n)`` gives,
+  FarmHash ``Fingerprint64`` of the token's UTF-8 bytes modulo n (:func:`fingerprint64`). Rows are padded
+  with 0 (or cut) to ``output_sequence_length``, else to the longest row of the batch -- and to at least
+  1, since a graph may not run on length 0 (Keras returns ``(batch, 0)`` for a batch of empty strings).
 
 Text is ``str`` or UTF-8 ``bytes``, in a list/tuple or a 1-D (or ``(batch, 1)``) numpy array of
 ``str``/``bytes``/``object``; anything else raises :class:`InputTypeError`, invalid UTF-8 or lone
 surrogates :class:`InvalidInputError`, naming the input and the position.
+
+A spec with ``in_graph`` describes a lookup the graph does itself (``ai.onnx.ml`` ``LabelEncoder``, see
+:class:`~embed_runtime.contract.TextSpec`): :class:`GraphStrings` then checks the texts by the same rules
+and hands the graph the strings (``object`` array of ``str``), rows of tokens padded as above, and the
+:class:`Tokenizer` of the same spec still answers ``tokenize``.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 
 from .contract import TextSpec, text_specs
-from .errors import InputTypeError, InvalidInputError
+from .conversion import check_size
+from .errors import InputTypeError, InvalidInputError, ModelLoadError
 
 STRIP_PUNCTUATION = re.compile(rb'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
 """Keras's ``DEFAULT_STRIP_REGEX``, character for character, on UTF-8 bytes."""
@@ -49,13 +61,48 @@ ASCII_LOWER = bytes.maketrans(bytes(range(65, 91)), bytes(range(97, 123)))
 _TEXT_TYPES = (str, bytes)
 
 
+def fingerprint64(spec: TextSpec) -> Callable[[bytes], int]:
+    """FarmHash ``Fingerprint64`` (``farmhashna::Hash64``, github.com/google/farmhash): the hash of
+    TensorFlow's ``StringToHashBucketFast`` kernel (``tsl::Fingerprint64``), which Keras's lookup layers
+    use to spread out-of-vocabulary strings over ``num_oov_indices`` ids (Keras 3 without ``salt``, and
+    tf-keras). Taken from the ``cityhash`` package's ``farmhash`` module (the ``text`` extra), imported
+    only for a ``spec`` that needs it; raises :class:`ModelLoadError` naming the extra when it is missing."""
+    try:
+        function = getattr(importlib.import_module("farmhash"), "Fingerprint64", None)
+    except ImportError:
+        function = None
+    if function is None:
+        raise ModelLoadError(
+            f"input {spec.input!r} ({spec.layer_class} {spec.layer!r}, num_oov_indices="
+            f"{spec.num_oov_indices}) hashes out-of-vocabulary tokens with FarmHash Fingerprint64, which "
+            "needs the text extra: pip install 'embed-runtime[text]' (the cityhash package)"
+        )
+    return function
+
+
+class _HashedOov(dict[bytes, int]):
+    """Token -> id; a token not in it gets ``start + fingerprint(token) % n`` (not stored: a server
+    sees unbounded OOV tokens)."""
+
+    def __init__(self, ids: dict[bytes, int], start: int, n: int, fingerprint: Callable[[bytes], int]):
+        super().__init__(ids)
+        self.start, self.n, self.fingerprint = start, n, fingerprint
+
+    def __missing__(self, token: bytes) -> int:
+        return self.start + self.fingerprint(token) % self.n
+
+
 class Tokenizer:
     """Strings -> int64 ids ``(batch, length)`` for one graph input, by its :class:`TextSpec`."""
 
     def __init__(self, spec: TextSpec):
         self.spec = spec
-        self._ids = {token.encode("utf-8", "surrogatepass"): i for i, token in enumerate(spec.vocabulary)}
-        self._oov = self._ids[spec.oov_token.encode("utf-8", "surrogatepass")]
+        start, n = spec.oov_start, spec.num_oov_indices
+        ids = {t.encode("utf-8", "surrogatepass"): i for i, t in enumerate(spec.vocabulary) if i >= start + n}
+        if spec.mask_token is not None:
+            ids[spec.mask_token.encode("utf-8", "surrogatepass")] = 0
+        self._oov = start
+        self._ids = ids if n == 1 else _HashedOov(ids, start, n, fingerprint64(spec))
         lower = spec.standardize in ("lower", "lower_and_strip_punctuation")
         strip = spec.standardize in ("strip_punctuation", "lower_and_strip_punctuation")
         # one bytes.translate does both (lowering maps no byte to or from punctuation, so order is moot)
@@ -71,6 +118,12 @@ class Tokenizer:
         if split == "character":
             return [c.encode("utf-8") for c in text.decode("utf-8")]
         return [text]
+
+    def ids_of(self, tokens: Iterable[bytes]) -> Iterator[int]:
+        """The id of each token, as Keras's lookup gives it."""
+        if isinstance(self._ids, _HashedOov):
+            return map(self._ids.__getitem__, tokens)
+        return map(self._ids.get, tokens, repeat(self._oov))
 
     def __call__(self, texts: Any) -> np.ndarray:
         """Token ids of a batch of texts (of token rows for ``StringLookup``), padded with 0; see the
@@ -88,31 +141,60 @@ class Tokenizer:
             rows = [row[:fixed] for row in rows]
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         total = int(lengths.sum())
-        # every token looked up in one C-level pass: dict.get(token, oov) over the batch's tokens
-        flat = np.fromiter(
-            map(self._ids.get, chain.from_iterable(rows), repeat(self._oov)), dtype=np.int64, count=total
-        )
+        # every token looked up in one C-level pass over the batch's tokens
+        flat = np.fromiter(self.ids_of(chain.from_iterable(rows)), dtype=np.int64, count=total)
         longest = int(lengths.max(initial=0))
+        check_size(self.spec.input, (len(rows), fixed or max(longest, 1)), "would be padded to shape")
         out = np.zeros((len(rows), fixed or max(longest, 1)), dtype=np.int64)
         out[:, :longest][np.arange(longest) < lengths[:, None]] = flat
         return out
 
     def _lookup_rows(self, batch: Any) -> np.ndarray:
-        """``StringLookup``: every token of every row looked up as it is; rows must have one length."""
-        name = self.spec.input
-        if isinstance(batch, np.ndarray) and batch.ndim == 2:
-            batch = batch.tolist()
-        if not isinstance(batch, (list, tuple)):
-            raise InputTypeError(f"input {name!r}: expected rows of tokens, found {type(batch).__name__}")
-        ids, oov = self._ids, self._oov
-        rows = [[ids.get(t, oov) for t in utf8_batch(row, f"{name}[{i}]")] for i, row in enumerate(batch)]
-        lengths = sorted({len(r) for r in rows})
-        if len(lengths) > 1:
+        """``StringLookup``: every token of every row looked up as it is (:func:`token_rows`)."""
+        rows, width = token_rows(batch, self.spec, as_bytes=True)
+        flat = np.fromiter(self.ids_of(chain.from_iterable(rows)), dtype=np.int64, count=len(rows) * width)
+        return flat.reshape(len(rows), width)
+
+
+def token_rows(batch: Any, spec: TextSpec, as_bytes: bool) -> tuple[list[list[Any]], int]:
+    """The checked rows of tokens of a ``StringLookup`` input (tokens as ``bytes`` or ``str``), each short
+    row padded with the mask token, and their width (1 for an empty batch). Raises for ragged rows when
+    the layer has no mask token."""
+    name = spec.input
+    if isinstance(batch, np.ndarray) and batch.ndim == 2:
+        batch = batch.tolist()
+    if not isinstance(batch, (list, tuple)):
+        raise InputTypeError(f"input {name!r}: expected rows of tokens, found {type(batch).__name__}")
+    rows = [checked_batch(row, f"{name}[{i}]", as_bytes) for i, row in enumerate(batch)]
+    lengths = sorted({len(r) for r in rows})
+    width = lengths[-1] if lengths else 1
+    check_size(name, (len(rows), width), "would be padded to shape")
+    if len(lengths) > 1:
+        if spec.mask_token is None:
             raise InvalidInputError(
-                f"input {name!r}: rows of tokens have lengths {lengths[0]} and {lengths[-1]}; a StringLookup "
-                "input takes rows of one length"
+                f"input {name!r}: rows of tokens have lengths {lengths[0]} and {width}; layer {spec.layer!r} "
+                "has no mask token to pad them with, so rows must have one length"
             )
-        return np.array(rows, dtype=np.int64).reshape(len(rows), lengths[0] if lengths else 1)
+        pad = spec.mask_token.encode("utf-8") if as_bytes else spec.mask_token
+        rows = [row + [pad] * (width - len(row)) for row in rows]
+    return rows, width
+
+
+class GraphStrings:
+    """Strings -> the ``object`` array of ``str`` that a graph doing its own lookup (``in_graph`` spec)
+    takes: rows of tokens ``(batch, seq)`` (:func:`token_rows`), or texts ``(batch, 1)``."""
+
+    def __init__(self, spec: TextSpec):
+        self.spec = spec
+
+    def __call__(self, texts: Any) -> np.ndarray:
+        if self.spec.layer_class == "StringLookup":
+            rows, width = token_rows(texts, self.spec, as_bytes=False)
+            return np.array(rows, dtype=object).reshape(len(rows), width)
+        single = checked_batch(texts, self.spec.input, as_bytes=False)
+        out = np.empty((len(single), 1), dtype=object)
+        out[:, 0] = single
+        return out
 
 
 def is_text(value: Any) -> bool:
@@ -133,6 +215,12 @@ def is_text(value: Any) -> bool:
 
 def utf8_batch(texts: Any, name: str) -> list[bytes]:
     """The UTF-8 bytes of each text of a batch; raises naming input ``name`` and the bad position."""
+    return checked_batch(texts, name, as_bytes=True)
+
+
+def checked_batch(texts: Any, name: str, as_bytes: bool) -> list[Any]:
+    """Each text of a batch, checked (the rules of the module docstring), as UTF-8 ``bytes`` or as
+    ``str``; raises naming input ``name`` and the bad position."""
     if isinstance(texts, _TEXT_TYPES):
         raise InputTypeError(
             f"input {name!r} takes a batch of texts: pass [{str(texts)[:40]!r}], not a string"
@@ -151,20 +239,21 @@ def utf8_batch(texts: Any, name: str) -> list[bytes]:
     for i, text in enumerate(texts):
         if isinstance(text, str):
             try:
-                out.append(text.encode("utf-8"))
+                encoded = text.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise InvalidInputError(
                     f"input {name!r} text [{i}] is not valid unicode ({exc.reason} at character {exc.start})"
                 ) from None
+            out.append(encoded if as_bytes else text)
         elif isinstance(text, bytes):
             try:
-                text.decode("utf-8")
+                decoded = text.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InvalidInputError(
                     f"input {name!r} text [{i}] is not UTF-8 ({exc.reason} at byte {exc.start}); "
                     "texts are str or UTF-8 bytes"
                 ) from None
-            out.append(text)
+            out.append(text if as_bytes else decoded)
         else:
             raise InputTypeError(
                 f"input {name!r} text [{i}] is {type(text).__name__} {str(text)[:40]}; "
@@ -174,7 +263,8 @@ def utf8_batch(texts: Any, name: str) -> list[bytes]:
 
 
 class TextFrontEnd:
-    """The tokenizers of a model's text inputs: turns texts among a call's inputs into ids."""
+    """The tokenizers of a model's text inputs: turns texts among a call's inputs into what the graph
+    takes (ids; strings, checked and padded, for a lookup in the graph)."""
 
     def __init__(self, specs: Mapping[str, TextSpec], graph_inputs: Sequence[str]):
         unknown = sorted(set(specs) - set(graph_inputs))
@@ -184,18 +274,22 @@ class TextFrontEnd:
                 f"{', '.join(map(repr, graph_inputs))}"
             )
         self.tokenizers = {name: Tokenizer(spec) for name, spec in specs.items()}
+        self.graph_strings = {name: GraphStrings(spec) for name, spec in specs.items() if spec.in_graph}
         self._only = next(iter(self.tokenizers)) if len(graph_inputs) == 1 else None
 
     def ids(self, inputs: Any) -> Any:
-        """``inputs`` with every text turned into ids; ids and anything else are left as they are."""
+        """``inputs`` as the graph takes them: texts turned into ids, or for an input whose lookup is in
+        the graph, whatever is given checked as texts (:class:`GraphStrings`); ids and anything else for
+        other inputs are left as they are."""
         if isinstance(inputs, dict):
-            return {
-                k: self.tokenizers[k](v) if k in self.tokenizers and is_text(v) else v
-                for k, v in inputs.items()
-            }
-        if self._only is not None and is_text(inputs):
-            return self.tokenizers[self._only](inputs)
-        return inputs
+            return {k: self._feed(k, v) for k, v in inputs.items()}
+        return inputs if self._only is None else self._feed(self._only, inputs)
+
+    def _feed(self, name: str, value: Any) -> Any:
+        strings = self.graph_strings.get(name)
+        if strings is not None:  # the graph takes strings only: anything else gets the text errors
+            return strings(value)
+        return self.tokenizers[name](value) if name in self.tokenizers and is_text(value) else value
 
     def tokenize(self, texts: Any) -> tuple[Any, Any]:
         """(ids, mask) the model will see for ``texts`` (a batch, or a dict of batches by input name):

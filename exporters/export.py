@@ -9,7 +9,8 @@ One pipeline for every export:
    :class:`~exporters.passes.ExportState`;
 2. the rewrite passes, in the order of :data:`exporters.passes.PASSES`;
 3. verify, once: parity with Keras on the graph as it will be read back, and the rewrite check (and for
-   a string model, Keras on strings vs the runtime's tokenizer and the graph);
+   a string model, its lookup put into the graph where standard ops are exact, then Keras on strings vs
+   the runtime's tokenizer and the graph);
 4. finalize: IR version, producer and the contract's metadata;
 5. a writer (:mod:`exporters.writers`): one inline ``.onnx``, or ``.onnx`` + external data;
 6. the :class:`~exporters.report.ExportReport`, with the sha256 of what was written (the last pass names
@@ -45,7 +46,7 @@ from .passes import PASSES, ExportState
 from .report import ExportReport, make_report
 from .tracing import make_tf_function
 from .verify import Parity, check_rewrite, compare, compare_compact
-from .writers import Writer, check_destination, open_writer
+from .writers import check_destination, open_writer
 
 EXPORTER_VERSION = __version__
 """The exporter ships in the same distribution as the runtime, under one version."""
@@ -111,14 +112,12 @@ def export_keras(
         for rewrite_pass in PASSES:
             rewrite_pass(state)
     with open_writer(out, state.model, state.stand_ins) as writer:
-        checks = run_checks(state, writer, atol, seed) if verify else None
-        if front is not None and verify:
-            text.check_strings(front, text_specs[0], writer.session(state.model), keras.output_names, atol)
+        checks = run_checks(state, writer.session(state.model), atol, seed) if verify else None
+        if front is not None:  # the lookup into the graph where it is exact; then Keras on strings
+            text_specs = text.finish(front, state, text_specs[0], writer.session if verify else None, atol)
         versions = finalize(state, checks[0] if checks else None, text_props(text_specs))
-        writer.write(state.model)
-    return make_report(
-        out, keras.flavour, state.model, state.embeddings, checks, versions, writer.external_data, start
-    )
+        written = writer.write(state.model)
+    return make_report(out, keras.flavour, state.model, state.embeddings, checks, versions, written, start)
 
 
 def build(
@@ -138,17 +137,17 @@ def build(
     return ExportState(keras, raw, model, table_names, stand_ins, table_dtype=table_dtype)
 
 
-def run_checks(state: ExportState, writer: Writer, atol: float, seed: int) -> tuple[Parity, float]:
-    """The export's checks, run once: parity of the graph as ``writer`` will store it with the Keras model
-    (:func:`exporters.verify.compare`; :func:`~exporters.verify.compare_compact` with compact tables), then
-    the rewrite check of the graph in memory (stand-in tables inline, as in the raw graph) against
-    tf2onnx's, its compacted tables dequantized (:func:`exporters.verify.check_rewrite`).
+def run_checks(state: ExportState, session: Any, atol: float, seed: int) -> tuple[Parity, float]:
+    """The export's checks, run once: parity with the Keras model of ``session``, the graph as the writer
+    will store it (:meth:`exporters.writers.Writer.session`; :func:`exporters.verify.compare`, or
+    :func:`~exporters.verify.compare_compact` with compact tables), then the rewrite check of the graph in
+    memory (stand-in tables inline, as in the raw graph) against tf2onnx's, its compacted tables
+    dequantized (:func:`exporters.verify.check_rewrite`).
 
     Returns (parity, rewrite difference); raises :class:`ExportError` when either fails.
     """
     embeddings = state.embeddings
     input_dims = ModelMetadata(embeddings=tuple(embeddings)).input_dims()
-    session = writer.session(state.model)
 
     def compare_at(tolerance: float) -> Parity:
         return compare(state.keras, session, state.masks, embeddings, input_dims, tolerance, seed)
@@ -157,7 +156,12 @@ def run_checks(state: ExportState, writer: Writer, atol: float, seed: int) -> tu
     parity = compare_compact(*compact, compare_at, atol) if state.compact else compare_at(atol)
     raw_dims = large.stand_in_input_dims(embeddings, state.stand_ins)
     raw = quantize.reference_raw(state.raw, state.compact)
-    return parity, check_rewrite(raw, load_rewritten(state.model), state.keras, raw_dims, seed)
+    # Without stand-ins the writer's session is one of the graph in memory, with the same options
+    # (exporters.convert.cpu_session): it serves the rewrite check too. With stand-ins it reads the real
+    # tables from the staged data file while tf2onnx's graph holds the stand-ins: that check needs the
+    # graph in memory, a different graph (not different options), so a session of its own.
+    rewritten = load_rewritten(state.model) if state.stand_ins else session
+    return parity, check_rewrite(raw, rewritten, state.keras, raw_dims, seed)
 
 
 def finalize(state: ExportState, parity: Parity | None, extra_props: dict[str, str]) -> dict[str, str]:

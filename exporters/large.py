@@ -43,7 +43,7 @@ from embed_runtime.contract import EmbeddingInfo
 from . import quantize
 from .errors import ExportError
 from .keras_model import KERAS3, EmbeddingLayer, KerasModelInfo
-from .tables import make_variable, table_attribute
+from .tables import held_table, make_variable, swapped_tables, table_attribute
 
 DEFAULT_THRESHOLD = 64 << 20
 """Tables with more bytes than this take the external-data path (64 MiB: tf2onnx needs ~2 GB for it)."""
@@ -148,28 +148,21 @@ def _table_attribute(emb: EmbeddingLayer, flavour: str) -> str:
 
 @contextmanager
 def stand_ins(info: KerasModelInfo, big: Sequence[EmbeddingLayer], seed: int = 0) -> Iterator[list[StandIn]]:
-    """Swap each table in ``big`` for a small stand-in while the block runs; always swapped back. With no
-    big tables it swaps nothing and yields an empty list.
-
-    The swap bypasses Keras's attribute tracking (``object.__setattr__``), so the model's weights list
-    never sees the stand-in. Inside the block ``emb.read_table()`` returns the stand-in's values.
+    """Swap each table in ``big`` for a small stand-in while the block runs
+    (:func:`exporters.tables.swapped_tables`: the model's weights list never sees it); always swapped
+    back. With no big tables it swaps nothing and yields an empty list. Inside the block
+    ``emb.read_table()`` returns the stand-in's values.
     """
     rng = np.random.default_rng(seed)
     done: list[StandIn] = []
-    try:
+    with swapped_tables() as put:
         for emb, rows in zip(big, _stand_in_rows(big)):
             attribute = _table_attribute(emb, info.flavour)
-            original = emb.layer.__dict__.get(attribute)
-            if original is None:
-                raise ExportError(f"Embedding {emb.name!r} keeps no table in {attribute!r}; cannot swap it")
+            original = held_table(emb, attribute, "swap")
             values = rng.standard_normal((rows, emb.shape[1])).astype(emb.dtype)
-            stand_in = make_variable(values, info.flavour, f"{emb.name}_stand_in")
-            object.__setattr__(emb.layer, attribute, stand_in)
+            put(emb, attribute, make_variable(values, info.flavour, f"{emb.name}_stand_in"))
             done.append(StandIn(emb, attribute, original, rows))
         yield done
-    finally:
-        for s in reversed(done):
-            object.__setattr__(s.emb.layer, s.attribute, s.original)
 
 
 def _numeric_constants(model: onnx.ModelProto, skip: set[str]) -> Iterator[tuple[str, np.ndarray]]:
@@ -264,12 +257,11 @@ def read_once(subs: Sequence[StandIn]) -> Iterator[dict[str, Any]]:
     """
     tables = {s.onnx_name: snapshot(s.original) for s in subs}
     try:
-        for s in subs:
-            object.__setattr__(s.emb.layer, s.attribute, tables[s.onnx_name])
-        yield tables
+        with swapped_tables() as put:
+            for s in subs:
+                put(s.emb, s.attribute, tables[s.onnx_name])
+            yield tables
     finally:
-        for s in subs:
-            object.__setattr__(s.emb.layer, s.attribute, s.original)
         tables.clear()
 
 

@@ -22,7 +22,7 @@ import onnx
 
 from embed_runtime.contract import EmbeddingInfo, mask_output_name
 
-from . import dims, large, naming, quantize, rewrite
+from . import dims, large, naming, pure_lookups, quantize, rewrite
 from .errors import ExportError
 from .keras_model import EmbeddingLayer, KerasModelInfo
 from .lookups import MaskSource
@@ -226,5 +226,6 @@ PASSES: tuple[Pass, ...] = (
     check_stand_ins_gone,
     name_reproducibly,
     quantize.compact_tables,
+    pure_lookups.declare_pure_lookups,
 )
 """The rewrite passes in the order they run; a new pass is one function above and one line here."""

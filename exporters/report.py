@@ -3,7 +3,6 @@ prints."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,11 +10,11 @@ from pathlib import Path
 
 import onnx
 
-from embed_runtime.artifact import DataFile, read_records
 from embed_runtime.contract import EmbeddingInfo
 
 from .rewrite import opset_of
 from .verify import Parity
+from .writers import Written
 
 IoRow = tuple[str, str, list[int | str]]
 """(name, numpy dtype name, dims) of one graph input or output; a dim is a size or an axis name."""
@@ -115,16 +114,15 @@ def make_report(
     embeddings: list[EmbeddingInfo],
     checks: tuple[Parity, float] | None,
     versions: dict[str, str],
-    external_data: Path | None,
+    written: Written,
     start: float,
 ) -> ExportReport:
-    """The report of the files just written at ``path`` (and ``external_data``) from ``graph``;
-    ``checks`` is (parity, rewrite difference), None when the export was not verified."""
+    """The report of the files just written at ``path`` from ``graph``; ``checks`` is (parity, rewrite
+    difference), None when the export was not verified. Sizes and checksums are the writer's (``written``),
+    measured from the bytes it wrote, not read back: another export to the same path may already have
+    replaced (and unlinked) the files by now."""
     parity, rewrite_diff = checks if checks is not None else (None, None)
-    # what was written, from the graph itself: another export to the same path may already have
-    # replaced (and unlinked) the files by now
-    blob = graph.SerializeToString()
-    record = _record(graph, external_data)
+    data = written.data
     return ExportReport(
         path=path,
         flavour=flavour,
@@ -134,20 +132,14 @@ def make_report(
         ir_version=graph.ir_version,
         node_count=len(graph.graph.node),
         op_counts=op_counts(graph.graph.node),
-        file_bytes=len(blob),
+        file_bytes=written.size,
         seconds=time.perf_counter() - start,
         embeddings=embeddings,
         parity=parity,
         rewrite_max_abs_diff=rewrite_diff,
         versions=versions,
-        external_data=external_data,
-        external_data_bytes=record.bytes if record is not None else 0,
-        sha256=hashlib.sha256(blob).hexdigest(),
-        external_data_sha256=record.sha256 if record is not None else None,
+        external_data=written.external_data,
+        external_data_bytes=data.bytes if data is not None else 0,
+        sha256=written.sha256,
+        external_data_sha256=data.sha256 if data is not None else None,
     )
-
-
-def _record(graph: onnx.ModelProto, data: Path | None) -> DataFile | None:
-    """What the ``.onnx`` records for its data file ``data`` (the writer measured it while writing)."""
-    records = read_records({p.key: p.value for p in graph.metadata_props})
-    return next((r for r in records if data is not None and r.location == data.name), None)

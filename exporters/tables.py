@@ -15,7 +15,7 @@ which every case of the export-time parity check reads, so it fails the export i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
@@ -87,35 +87,60 @@ def _read(variable: Any) -> np.ndarray:
     return np.array(variable.numpy())
 
 
+TablePut = Callable[[EmbeddingLayer, str, Any], None]
+"""``put(emb, attribute, value)`` of :func:`swapped_tables`."""
+
+
+def held_table(emb: EmbeddingLayer, attribute: str, purpose: str) -> Any:
+    """The table variable ``emb``'s layer keeps in ``attribute``; :class:`ExportError` naming ``purpose``
+    (what could not be done: ``"trace"``, ``"swap"``) when it keeps none there."""
+    original = emb.layer.__dict__.get(attribute)
+    if original is None:
+        raise ExportError(f"Embedding {emb.name!r} keeps no table in {attribute!r}; cannot {purpose} it")
+    return original
+
+
+@contextmanager
+def swapped_tables() -> Iterator[TablePut]:
+    """Yields ``put(emb, attribute, value)``, which makes ``emb``'s layer hold ``value`` in ``attribute``;
+    when the block ends, however it ends, each layer gets back what it held there, the last put first.
+
+    The one way the exporter swaps a table (:func:`tracing`, :func:`exporters.large.stand_ins`,
+    :func:`exporters.large.read_once`, :func:`exporters.verify.holding`): set on the instance with
+    ``object.__setattr__``, so Keras's attribute tracking and the model's weights list never see it, and
+    the user's variables are never written.
+    """
+    undo: list[tuple[Any, str, Any]] = []
+
+    def put(emb: EmbeddingLayer, attribute: str, value: Any) -> None:
+        undo.append((emb.layer, attribute, emb.layer.__dict__[attribute]))
+        object.__setattr__(emb.layer, attribute, value)
+
+    try:
+        yield put
+    finally:
+        for layer, attribute, original in reversed(undo):
+            object.__setattr__(layer, attribute, original)
+
+
 @contextmanager
 def tracing(info: KerasModelInfo) -> Iterator[list[Tracer]]:
-    """Swap every Embedding table of ``info`` for its tracer while the block runs; always swapped back.
-
-    The swap bypasses Keras's attribute tracking (``object.__setattr__``) and never writes the user's
-    variables. Big tables already replaced by :func:`exporters.large.stand_ins` get a tracer of their
-    stand-in.
+    """Swap every Embedding table of ``info`` for its tracer while the block runs (:func:`swapped_tables`);
+    always swapped back. Big tables already replaced by :func:`exporters.large.stand_ins` get a tracer of
+    their stand-in.
     """
     tracers: list[Tracer] = []
-    swapped: list[tuple[EmbeddingLayer, str, Any]] = []
     used: set[bytes] = set()
-    try:
+    attribute = table_attribute(info.flavour)
+    with swapped_tables() as put:
         for emb in info.embeddings:
-            attribute = table_attribute(info.flavour)
-            original = emb.layer.__dict__.get(attribute)
-            if original is None:
-                raise ExportError(f"Embedding {emb.name!r} keeps no table in {attribute!r}; cannot trace it")
-            values = _read(original)
+            values = _read(held_table(emb, attribute, "trace"))
             where = (values.shape[0] - 1,) + (0,) * (values.ndim - 1)
             values[where] = _pick_sentinel(values.dtype, values[where], used)
-            tracer = make_variable(values, info.flavour, f"{emb.name}_tracer")
-            object.__setattr__(emb.layer, attribute, tracer)
-            swapped.append((emb, attribute, original))
+            put(emb, attribute, make_variable(values, info.flavour, f"{emb.name}_tracer"))
             tracers.append(Tracer(emb, emb.read_table()))
         _check_distinct(tracers)
         yield tracers
-    finally:
-        for emb, attribute, original in reversed(swapped):
-            object.__setattr__(emb.layer, attribute, original)
 
 
 def _digest(values: np.ndarray) -> tuple[tuple[int, ...], str, str]:

@@ -1,28 +1,33 @@
-"""Models that take strings: a ``TextVectorization`` or ``StringLookup`` at the front becomes a declared
-text spec.
+"""Models that take strings: a ``TextVectorization`` or ``StringLookup`` at the front becomes a text spec,
+declared, or in the graph where standard ops reproduce Keras exactly.
 
-Standard ONNX cannot run Keras's default ``strip_punctuation`` (a regex replace), so the exported graph
-starts at the ids: :func:`split_front` finds the preprocessing layer that reads a string input, checks its
+Standard ONNX cannot run Keras's default ``strip_punctuation`` (a regex replace), so the graph is exported
+from the ids: :func:`split_front` finds the preprocessing layer that reads a string input, checks its
 options, and returns the id sub-model (the layers after it, reading an int64 id input named after the
 string input) and what :func:`specs` turns into :class:`~embed_runtime.contract.TextSpec` entries of the
-metadata. :func:`check_strings` then runs the Keras model on strings and the exported graph on the ids of
-:class:`embed_runtime.text.Tokenizer`: ids must be equal, outputs within ``atol``.
+metadata. Once the id graph has passed its checks, :func:`finish` puts the lookup into the graph where it
+is exact (:mod:`exporters.string_lookup`), then :func:`check_strings` runs the Keras model on strings and
+the exported graph on the ids of :class:`embed_runtime.text.Tokenizer` (on the strings themselves for an
+in-graph lookup): ids must be equal, outputs within ``atol``, masks equal.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import onnx
 
 from embed_runtime.contract import SPLIT_OPTIONS, STANDARDIZE_OPTIONS, TextSpec
-from embed_runtime.text import Tokenizer
+from embed_runtime.text import GraphStrings, Tokenizer
 
+from . import string_lookup
 from .errors import ExportError
 from .keras_model import KERAS3, IdInput, KerasModelInfo, _readable_input_names, flavour_of
+from .passes import ExportState
 
 SAMPLES = (
     "the cat sat on the mat",
@@ -39,7 +44,7 @@ SAMPLES = (
 )
 """Strings every text export is checked on, with words of its own vocabulary added."""
 
-_SUPPORTED: dict[str, dict[str, tuple[Any, ...]]] = {
+_SUPPORTED: dict[str, dict[str, Sequence[Any]]] = {
     "TextVectorization": {
         "output_mode": ("int",),
         "standardize": STANDARDIZE_OPTIONS,
@@ -51,12 +56,14 @@ _SUPPORTED: dict[str, dict[str, tuple[Any, ...]]] = {
     "StringLookup": {
         "output_mode": ("int",),
         "invert": (False,),
-        "num_oov_indices": (1,),
+        "num_oov_indices": range(1, 2**31),  # more than 1: FarmHash buckets, see embed_runtime.text
+        "salt": (None,),  # Keras 3: a salt hashes with SipHash (to_hash_bucket_strong) instead
         "encoding": ("utf-8",),
         "sparse": (False,),
     },
 }
-"""The options of each supported layer that the runtime reproduces, and their supported values."""
+"""The options of each supported layer that the runtime reproduces, and their supported values (the
+first is the default when a flavour's config lacks the option)."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +113,13 @@ def _check_layer(layer: Any) -> None:
         value = config.get(option, allowed[0])
         if value not in allowed:
             shown = value if isinstance(value, (str, int, type(None))) else f"a {type(value).__name__}"
+            values = (
+                f"integers from {allowed.start}"
+                if isinstance(allowed, range)
+                else ", ".join(map(repr, allowed))
+            )
             raise ExportError(
-                f"layer {layer.name!r} ({kind}): {option}={shown!r} is not supported; "
-                f"supported values: {', '.join(map(repr, allowed))}"
+                f"layer {layer.name!r} ({kind}): {option}={shown!r} is not supported; supported values: {values}"
             )
 
 
@@ -152,10 +163,12 @@ def split_front(model: Any) -> TextFront | None:
         length = tuple(strings[0].shape)[-1]
     elif layer.get_config().get("split") is None and length is None:
         length = 1
+    # named as the model: an automatic name (functional_<n>) would change the graph's name per export
     if type(model).__name__ == "Sequential":
-        id_model = keras.Sequential([keras.Input(shape=(length,), dtype="int64"), *model.layers[1:]])
+        layers = [keras.Input(shape=(length,), dtype="int64"), *model.layers[1:]]
+        id_model = keras.Sequential(layers, name=model.name)
     else:
-        id_model = keras.Model(ids, model.outputs)
+        id_model = keras.Model(ids, model.outputs, name=model.name)
     name = (getattr(strings[0], "name", "") or "").split(":")[0]
     return TextFront(model, id_model, layer, name, length)
 
@@ -196,11 +209,35 @@ def sample_texts(spec: TextSpec) -> list[str]:
     return [*SAMPLES, *made, *(f"{s.upper()}!" for s in made[:2])]
 
 
+def finish(
+    front: TextFront,
+    state: ExportState,
+    spec: TextSpec,
+    session_of: Callable[[onnx.ModelProto], Any] | None,
+    atol: float,
+) -> list[TextSpec]:
+    """After the id graph's checks: the lookup into ``state.model`` where it is exact (proven against the
+    layer, :func:`exporters.string_lookup.move_into_graph`), then, when ``session_of`` (the writer's
+    session of the graph as it will be stored) is given, :func:`check_strings` on that graph. Returns
+    the text specs to declare."""
+    spec, masks = string_lookup.move_into_graph(state, front, spec)
+    if session_of is not None:
+        check_strings(front, spec, session_of(state.model), state.keras.output_names, atol, masks)
+    return [spec]
+
+
 def check_strings(
-    front: TextFront, spec: TextSpec, session: Any, output_names: Sequence[str], atol: float
+    front: TextFront,
+    spec: TextSpec,
+    session: Any,
+    output_names: Sequence[str],
+    atol: float,
+    masks: Sequence[str] = (),
 ) -> None:
     """Keras on strings vs :class:`~embed_runtime.text.Tokenizer` + the exported graph on the same
-    strings (:func:`sample_texts`): ids equal, outputs within ``atol``; raises :class:`ExportError` on a
+    strings (:func:`sample_texts`; the graph takes the strings themselves, as
+    :class:`~embed_runtime.text.GraphStrings` feeds them, when ``spec.in_graph``): ids equal, outputs
+    within ``atol``, the ``masks`` outputs equal to Keras's ids != 0; raises :class:`ExportError` on a
     mismatch."""
     import tensorflow as tf
 
@@ -229,7 +266,14 @@ def check_strings(
             )
     result = front.model(batch, training=False)
     expected = result if isinstance(result, dict) else dict(zip(output_names, _as_list(result)))
-    got = dict(zip(output_names, session.run(list(output_names), {spec.input: ids})))
+    feed = GraphStrings(spec)(texts) if spec.in_graph else ids
+    got = dict(zip([*output_names, *masks], session.run([*output_names, *masks], {spec.input: feed})))
+    for mask in masks:
+        if not np.array_equal(got[mask], keras_ids != 0):
+            raise ExportError(
+                f"mask output {mask!r} on strings differs from Keras's ids != 0 after the in-graph lookup "
+                f"of {len(texts)} sample strings"
+            )
     for name in output_names:
         theirs, mine = np.asarray(expected[name], dtype=np.float64), got[name]
         same_nan = np.isnan(theirs) & np.isnan(mine)  # an all-padding row averaged over no step: 0 / 0

@@ -22,7 +22,7 @@ from .large import iter_rows, snapshot
 from .lookups import MaskSource, check_lookups, keras_mask, match_inputs
 from .quantize import CompactTable, TableError, compact_rows, dequantize, element_bound
 from .reference import KerasReference, KerasResult
-from .tables import table_attribute
+from .tables import swapped_tables, table_attribute
 
 BATCH_SIZES = (1, 7, 32)
 DYNAMIC_LENGTHS = (1, 10, 37)
@@ -241,18 +241,13 @@ def measure_table(emb: EmbeddingLayer, attribute: str, table_dtype: str) -> tupl
 @contextmanager
 def holding(tables: Sequence[tuple[EmbeddingLayer, np.ndarray]], attribute: str) -> Iterator[None]:
     """While the block runs, each layer of ``tables`` (``(layer, values)``) holds ``values`` as its table
-    in ``attribute``; the tables are back afterwards."""
+    in ``attribute`` (:func:`exporters.tables.swapped_tables`); the tables are back afterwards."""
     import tensorflow as tf
 
-    swapped = []
-    try:
+    with swapped_tables() as put:
         for emb, values in tables:
-            swapped.append((emb, emb.layer.__dict__[attribute]))
-            object.__setattr__(emb.layer, attribute, tf.convert_to_tensor(values))
+            put(emb, attribute, tf.convert_to_tensor(values))
         yield
-    finally:
-        for emb, original in reversed(swapped):
-            object.__setattr__(emb.layer, attribute, original)
 
 
 def compare_compact(

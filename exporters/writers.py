@@ -27,6 +27,7 @@ What every export guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -35,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,18 +53,36 @@ STALE_SECONDS = 3600.0
 """A staging leftover nothing has written to for this long belongs to a killed export."""
 
 
+@dataclass(frozen=True)
+class Written:
+    """What :meth:`Writer.write` put in place, measured from the bytes it wrote (another export to the
+    same path may replace, and unlink, the files at any time afterwards)."""
+
+    size: int
+    """Bytes of the ``.onnx``."""
+    sha256: str
+    """Hex sha256 of the ``.onnx``: one model exported twice gives the same."""
+    external_data: Path | None = None
+    """The data file written beside the ``.onnx``, None when there is none."""
+    data: DataFile | None = None
+    """What the ``.onnx`` records about that data file (size, checksums)."""
+
+    @classmethod
+    def of(cls, blob: bytes, external_data: Path | None = None, data: DataFile | None = None) -> Written:
+        """``blob``, the ``.onnx``'s bytes as written, measured."""
+        return cls(len(blob), hashlib.sha256(blob).hexdigest(), external_data, data)
+
+
 class Writer(Protocol):
     """Where the finished graph goes."""
-
-    external_data: Path | None
-    """The data file written beside the ``.onnx`` (after :meth:`write`), None when there is none."""
 
     def session(self, graph: onnx.ModelProto) -> Any:
         """An onnxruntime CPU session of ``graph`` as it will be read from disk."""
         ...
 
-    def write(self, graph: onnx.ModelProto) -> None:
-        """Put ``graph`` (finalized) at the destination path, replacing what was there."""
+    def write(self, graph: onnx.ModelProto) -> Written:
+        """Put ``graph`` (finalized) at the destination path, replacing what was there; returns what was
+        written."""
         ...
 
 
@@ -185,13 +205,12 @@ class InlineWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.external_data: Path | None = None
 
     def session(self, graph: onnx.ModelProto) -> Any:
         """A session of ``graph`` itself (it is written as it is)."""
         return load_rewritten(graph)
 
-    def write(self, graph: onnx.ModelProto) -> None:
+    def write(self, graph: onnx.ModelProto) -> Written:
         """Write to a temporary file in the destination folder, then rename it into place."""
         with destination(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,11 +218,13 @@ class InlineWriter:
             fd, tmp = create_file(self.path.parent, f".{self.path.name}.")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(graph.SerializeToString())
+                blob = graph.SerializeToString()
+                f.write(blob)
             put_in_place(self.path, [(tmp, self.path)], keep=None)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return Written.of(blob)
 
 
 class Staging:
@@ -233,9 +254,12 @@ class Staging:
         size = named.stat().st_size
         return DataFile(named.name, size, sha256, sample_sha256(named, size))
 
-    def write_model(self, model: onnx.ModelProto) -> None:
-        """(Re)write the staged ``.onnx`` (only the graph: external tables stay where they are)."""
-        self.model_path.write_bytes(model.SerializeToString())
+    def write_model(self, model: onnx.ModelProto) -> bytes:
+        """(Re)write the staged ``.onnx`` (only the graph: external tables stay where they are); returns
+        the bytes written."""
+        blob = model.SerializeToString()
+        self.model_path.write_bytes(blob)
+        return blob
 
     def commit(self) -> Path:
         """Rename the data file, then the model, into place (:func:`put_in_place`); returns the data
@@ -260,7 +284,6 @@ class ExternalDataWriter:
         self.placed = placed
         self.data = data
         self.location = data.location
-        self.external_data: Path | None = None
 
     def session(self, graph: onnx.ModelProto) -> Any:
         """A session of the staged pair: a copy of ``graph`` pointed at the staged data file."""
@@ -270,7 +293,7 @@ class ExternalDataWriter:
         self.stage.write_model(staged)
         return load_rewritten(self.stage.model_path)
 
-    def write(self, graph: onnx.ModelProto) -> None:
+    def write(self, graph: onnx.ModelProto) -> Written:
         """Point ``graph``'s big tables at the data file, record the file in the metadata, check the
         staged pair, rename both into place.
 
@@ -280,9 +303,9 @@ class ExternalDataWriter:
         """
         large.point_to(graph, self.placed, self.location)
         graph.metadata_props.add(key=KEY_EXTERNAL_DATA, value=records_json([self.data]))
-        self.stage.write_model(graph)
+        blob = self.stage.write_model(graph)
         onnx.checker.check_model(str(self.stage.model_path))
-        self.external_data = self.stage.commit()
+        return Written.of(blob, self.stage.commit(), self.data)
 
 
 @contextmanager

@@ -41,7 +41,8 @@ are only checked one by one in a batch that failed.
 **``embed-runtime batch``** (:func:`main`): Parquet in, Parquet out (through
 :class:`~embed_runtime.scale.sink.OrderedParquetSink`, rows in input order), on a local Ray started with
 this machine's cores or on a cluster given by ``--ray-address`` / ``$RAY_ADDRESS``
-(``docs/scale-out.md``). Actors leave one CPU of the cluster to Ray Data's read and write tasks. The
+(``docs/scale-out.md``; a local Ray reads Parquet without Ray Data's footer actors, see
+:func:`_local_read`). Actors leave one CPU of the cluster to Ray Data's read and write tasks. The
 model and the options are checked on the driver before Ray starts, and the runtime's error inside Ray's
 wrappers comes back as one line.
 
@@ -71,11 +72,18 @@ from .sink import OrderedParquetSink
 
 __all__ = ["Predictor", "add_arguments", "main"]
 
-FOOTER_ACTORS = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
-"""Ray Data's setting (read by its workers) of how many actors read Parquet footers; a local Ray started
-by the command gets 1 unless it is set (32 by default: about 2 s of start-up on 2 cores)."""
-
 _ERROR_LINE = re.compile(r"^embed_runtime\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _local_read(context: ray.data.DataContext, actors: int) -> dict[str, Any]:
+    """How a Ray started by the command reads Parquet: Ray Data's first reader (footers read on the
+    driver, ``use_datasource_v2 = False``) in ``max(2, actors)`` blocks. Ray 2.60's default reader lists
+    the files in a task that starts actors to read the footers (32 by default): a process start and Ray
+    Data's imports before the first row, about 0.6 s of a 100,000-row run on 2 cores (and 2 s with 32
+    actors), worth it for thousands of files on object storage, not on one machine. Returns the keyword
+    arguments of ``read_parquet`` (without a block count, that reader splits one file into 200 blocks)."""
+    context.use_datasource_v2 = False
+    return {"override_num_blocks": max(2, actors)}
 
 
 def _column_pair(text: str) -> tuple[str, str]:
@@ -157,21 +165,20 @@ def main(args: argparse.Namespace) -> int:
     }  # fmt: skip
     Predictor(args.model, **{**options, "providers": "cpu", "threads": 1})  # fails here, before Ray starts
     started = not ray.is_initialized()
-    if started:
-        address = args.ray_address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)
-        else:  # Ray Data reads Parquet footers with 32 actors by default: a cost on one small machine
-            os.environ.setdefault(FOOTER_ACTORS, "1")
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-    execution = ray.data.DataContext.get_current().execution_options
-    keep_order = execution.preserve_order
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    if started and address:
+        ray.init(address=address)
+    elif started:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    context = ray.data.DataContext.get_current()
+    saved = context.execution_options.preserve_order, context.use_datasource_v2
     try:
         cpus = args.actor_cpus if args.actor_cpus is not None else args.threads or 1
         actors = _actors(cpus, args.concurrency)
-        execution.preserve_order = True
+        context.execution_options.preserve_order = True
         start = time.perf_counter()
-        ds = ray.data.read_parquet(args.input).map_batches(
+        read = _local_read(context, actors) if started and not address else {}
+        ds = ray.data.read_parquet(args.input, **read).map_batches(
             Predictor,
             fn_constructor_args=(args.model,),
             fn_constructor_kwargs=options,
@@ -189,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
             raise error from None
         seconds = time.perf_counter() - start
     finally:
-        execution.preserve_order = keep_order
+        context.execution_options.preserve_order, context.use_datasource_v2 = saved
         if started:
             ray.shutdown()
     rows = pyarrow.dataset.dataset(args.output, format="parquet").count_rows()

@@ -16,6 +16,7 @@ from ..errors import ConfigurationError, EmbedRuntimeError, InputTypeError, Inva
 from ..options import RuntimeOptions
 from ..providers import Providers
 from ..runtime import load
+from ..tensors import select_outputs
 from .columns import Feed, arrow_ids, arrow_rows, fill_value, key_getter, numpy_ids, pandas_ids, take
 
 Batch: TypeAlias = "dict[str, np.ndarray] | pd.DataFrame | pa.Table"
@@ -93,13 +94,7 @@ class Predictor:
             )
         self.columns = {name: (columns or {}).get(name, name) for name in names}
         infos = {o.name: o for o in self.rt.outputs}
-        wanted = list(infos) if outputs is None else [outputs] if isinstance(outputs, str) else list(outputs)
-        unknown = [n for n in wanted if n not in infos]
-        if unknown or not wanted:
-            raise ConfigurationError(
-                f"outputs= names unknown output(s) {', '.join(map(repr, unknown)) or '(none given)'}; the "
-                f"model's outputs are {', '.join(infos)}"
-            )
+        wanted = list(infos) if outputs is None else select_outputs(outputs, list(infos))
         self.outputs = outputs
         self._outputs = {name: infos[name] for name in wanted}
         self.key = key

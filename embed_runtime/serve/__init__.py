@@ -6,7 +6,9 @@ only when the ``serve`` subcommand runs, and calls :func:`add_arguments` and :fu
 exit status 1 are shared with ``run``, ``info`` and ``bench``); ``python -m embed_runtime.serve`` does
 the same on its own. The package:
 
-* here: the options, model naming (:func:`model_specs`) and :func:`main` (load, then run uvicorn);
+* here: the options, model naming (:func:`model_specs`), :func:`build_app` and :func:`main` (load, then
+  run uvicorn);
+* :mod:`~embed_runtime.serve.workers`: ``--workers N`` processes sharing the ports;
 * :mod:`~embed_runtime.serve.app`: the Starlette app, its V2 endpoints, readiness and :class:`ServeConfig`;
 * :mod:`~embed_runtime.serve.served`: one served model (checks, limits, run, warm-up) and the errors both
   protocols share;
@@ -31,7 +33,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embed_runtime import ConfigurationError, load
 from embed_runtime.cli_common import add_session_arguments
@@ -39,12 +41,17 @@ from embed_runtime.serve.app import ServeConfig, create_app
 from embed_runtime.serve.batcher import BatchSettings
 from embed_runtime.serve.limits import Limits
 from embed_runtime.serve.repository import ModelRepository
+from embed_runtime.serve.workers import WorkerBoard, check_workers, serve_workers
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 __all__ = [
     "Limits",
     "ServeConfig",
     "add_arguments",
     "batching_from_args",
+    "build_app",
     "create_app",
     "limits_from_args",
     "main",
@@ -131,6 +138,20 @@ _LIMIT_FLAGS = (
 )
 
 
+def _named_values(
+    flag: str, given: list[tuple[str | None, int | float]] | None, unit: int = 1
+) -> dict[str | None, int]:
+    """``NAME`` (``None``: every model) to ``N * unit`` from a repeatable ``[NAME=]N`` option."""
+    values: dict[str | None, int] = {}
+    for name, value in given or []:
+        if name in values:
+            raise ConfigurationError(
+                f"{flag} is given twice for {'every model' if name is None else f'model {name!r}'}"
+            )
+        values[name] = int(value * unit)
+    return values
+
+
 def limits_from_args(args: argparse.Namespace) -> tuple[Limits, dict[str, Limits]]:
     """The default :class:`Limits` and those of the models given with ``NAME=N``, from the limit options.
 
@@ -139,26 +160,10 @@ def limits_from_args(args: argparse.Namespace) -> tuple[Limits, dict[str, Limits
     defaults: dict[str, int] = {}
     per_model: dict[str, dict[str, int]] = {}
     for flag, field_name, unit, _ in _LIMIT_FLAGS:
-        for name, value in getattr(args, field_name) or []:
-            target = defaults if name is None else per_model.setdefault(name, {})
-            if field_name in target:
-                whom = "every model" if name is None else f"model {name!r}"
-                raise ConfigurationError(f"{flag} is given twice for {whom}")
-            target[field_name] = int(value * unit)
+        for name, value in _named_values(flag, getattr(args, field_name), unit).items():
+            (defaults if name is None else per_model.setdefault(name, {}))[field_name] = value
     base = Limits(**defaults)
     return base, {name: dataclasses.replace(base, **values) for name, values in per_model.items()}
-
-
-def _named_values(flag: str, given: list[tuple[str | None, int | float]] | None) -> dict[str | None, int]:
-    """``NAME`` (``None``: every model) to ``N`` from a repeatable ``[NAME=]N`` option."""
-    values: dict[str | None, int] = {}
-    for name, value in given or []:
-        if name in values:
-            raise ConfigurationError(
-                f"{flag} is given twice for {'every model' if name is None else f'model {name!r}'}"
-            )
-        values[name] = int(value)
-    return values
 
 
 def batching_from_args(args: argparse.Namespace) -> tuple[BatchSettings | None, dict[str, BatchSettings]]:
@@ -256,6 +261,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds to let in-flight requests finish after SIGTERM (default: %(default)s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the REST and gRPC ports, each with its own copy of the models "
+        "(tables in external data are shared) (default: %(default)s)",
+    )
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     parser.add_argument(
         "--log-level",
@@ -288,18 +300,9 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def main(args: argparse.Namespace) -> int:
-    """Load the models and serve them until SIGINT/SIGTERM; returns the exit status.
-
-    Raises :class:`~embed_runtime.EmbedRuntimeError` (a bad model name or limit, a model that does not
-    load, a provider that is not available) before the server starts.
-    """
-    import uvicorn
-
-    if not args.models and args.model_repository is None:
-        raise ConfigurationError(
-            "give at least one model to serve, as [NAME=]PATH or with --model-repository DIR"
-        )
+def build_app(args: argparse.Namespace, workers: WorkerBoard | None = None) -> Starlette:
+    """Load the models and build the app of the ``serve`` options ``args`` (in each worker of
+    ``--workers N``, which gives its :class:`~embed_runtime.serve.workers.WorkerBoard`)."""
     limits, model_limits = limits_from_args(args)
     batching, model_batching = batching_from_args(args)
     models = {
@@ -313,6 +316,7 @@ def main(args: argparse.Namespace) -> int:
         limits=limits,
         model_limits=model_limits,
         grpc_address=None if args.grpc_port is None else f"{_host(args.host)}:{args.grpc_port}",
+        grpc_reuse_port=workers is not None,
         graceful_timeout=args.graceful_timeout,
         batching=batching,
         model_batching=model_batching,
@@ -322,16 +326,34 @@ def main(args: argparse.Namespace) -> int:
         repository = ModelRepository(
             args.model_repository, lambda path: load(path, providers=args.providers, threads=args.threads)
         )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(models, config, repository),
-            host=args.host,
-            port=args.port,
-            log_config=_log_config(args.log_level),
-            log_level=args.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=args.graceful_timeout,
+    return create_app(models, config, repository, workers)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Load the models and serve them until SIGINT/SIGTERM; returns the exit status.
+
+    Raises :class:`~embed_runtime.EmbedRuntimeError` (a bad model name, limit or worker count, a model
+    that does not load, a provider that is not available) before the server starts.
+    """
+    import uvicorn
+
+    if not args.models and args.model_repository is None:
+        raise ConfigurationError(
+            "give at least one model to serve, as [NAME=]PATH or with --model-repository DIR"
         )
-    )
-    server.run()
+    check_workers(args.workers, args.model_repository is not None)
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": _log_config(args.log_level),
+        "log_level": args.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": args.graceful_timeout,
+    }
+    if args.workers > 1:
+        limits_from_args(args)  # a bad option is one error here, not one per worker
+        batching_from_args(args)
+        model_specs(args.models)
+        return serve_workers(args, options)
+    uvicorn.Server(uvicorn.Config(build_app(args), **options)).run()
     return 0

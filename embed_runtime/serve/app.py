@@ -8,8 +8,9 @@ limit); decoding, the limit checks, inference and encoding run in a worker threa
 requests are being decoded, run or encoded at once. The rest wait for a slot.
 
 The app's startup warms every model up in a thread (``/v2/health/live`` answers meanwhile, ``ready``
-after) and, with ``ServeConfig.grpc_address``, starts the gRPC API on the same event loop. With a model
-repository (:mod:`~embed_runtime.serve.repository`) it also serves the V2 repository extension.
+after) and, with ``ServeConfig.grpc_address``, starts the gRPC API (its own thread pool; its calls take
+the same ``max_concurrency`` slots, :attr:`InferenceApp.slots`). With a model repository
+(:mod:`~embed_runtime.serve.repository`) it also serves the V2 repository extension.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.applications import Starlette
@@ -41,6 +42,9 @@ from embed_runtime.serve.metrics import UNKNOWN_MODEL, ServeMetrics
 from embed_runtime.serve.protocol import PayloadTooLargeError, ProtocolError
 from embed_runtime.serve.repository import ModelRepository, ServedModels
 from embed_runtime.serve.served import MODEL_VERSION, ServedModel, failure
+
+if TYPE_CHECKING:
+    from embed_runtime.serve.workers import WorkerBoard
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class ServeConfig:
         model_limits: ... but those named here.
         grpc_address: ``host:port`` to serve the gRPC API on (:mod:`~embed_runtime.serve.grpc`), started
             and stopped with the app; ``None``: no gRPC.
+        grpc_reuse_port: bind it with ``SO_REUSEPORT`` (the workers of ``--workers N`` share the port).
         graceful_timeout: seconds in-flight gRPC calls get to finish when the app stops.
         batching: dynamic batching (:mod:`~embed_runtime.serve.batcher`) of every model (``None``: off) ...
         model_batching: ... but those named here.
@@ -79,6 +84,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     grpc_address: str | None = None
+    grpc_reuse_port: bool = False
     graceful_timeout: float = 30.0
     batching: BatchSettings | None = None
     model_batching: Mapping[str, BatchSettings] = field(default_factory=dict)
@@ -105,7 +111,11 @@ class InferenceApp:
     """Handlers and shared state; :func:`create_app` wires them into a Starlette app."""
 
     def __init__(
-        self, models: Mapping[str, Runtime], config: ServeConfig, repository: ModelRepository | None = None
+        self,
+        models: Mapping[str, Runtime],
+        config: ServeConfig,
+        repository: ModelRepository | None = None,
+        workers: WorkerBoard | None = None,
     ) -> None:
         on_disk = repository.names() if repository else []
         names = [*models, *on_disk]
@@ -123,6 +133,8 @@ class InferenceApp:
                 "too; name them differently with NAME=PATH"
             )
         self.config = config
+        self.workers = workers
+        """With ``--workers N``: ready also needs every worker warm (:mod:`~embed_runtime.serve.workers`)."""
         served: dict[str, Mapping[str, ServedModel]] = {
             name: {MODEL_VERSION: ServedModel(name, rt, self.limits(name))} for name, rt in models.items()
         }
@@ -134,6 +146,8 @@ class InferenceApp:
             self.setup(model)
         self.metrics = ServeMetrics()
         self.limiter = anyio.CapacityLimiter(config.max_concurrency)
+        self.slots = threading.BoundedSemaphore(config.max_concurrency)
+        """The inference slots REST requests (in the limiter's threads) and gRPC calls both take."""
         self.admission = anyio.Semaphore(ADMITTED_PER_SLOT * config.max_concurrency)
         self.server_metadata: dict[str, Any] = {
             "name": "embed-runtime",
@@ -151,17 +165,22 @@ class InferenceApp:
         settings = self.config.model_batching.get(model.name, self.config.batching)
         if settings is not None:
             model.batcher = Batcher(model.name, model.runtime, settings)
+
     def _model(self, request: Request) -> ServedModel:
         return self.models.lookup(request.path_params["model"], request.path_params.get("version"))
 
-    def is_ready(self) -> bool:
-        """Whether every model has run its warm-up inference (a read of flags: no lock, no waiting)."""
-        return all(model.ready for model in self.models.all())
+    def is_ready(self, model: ServedModel | None = None) -> bool:
+        """Whether ``model`` (``None``: every model) has run its warm-up inference, in every worker (reads
+        of flags: no lock, no waiting)."""
+        own = model.ready if model else all(m.ready for m in self.models.all())
+        return own and (self.workers is None or self.workers.all_ready())
 
     def warm_up(self) -> None:
         """Warm up every model in turn (in a thread started with the app)."""
         for model in self.models.all():
             model.warm_up()
+        if self.workers is not None and all(model.ready for model in self.models.all()):
+            self.workers.mark(True)
 
     async def live(self, request: Request) -> Response:
         """``GET /v2/health/live``: 200 as soon as the server answers."""
@@ -192,9 +211,8 @@ class InferenceApp:
     async def model_ready(self, request: Request) -> Response:
         """``GET /v2/models/{model}[/versions/{version}]/ready``."""
         model = self._model(request)
-        return JSONResponse(
-            {"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503
-        )
+        ready = self.is_ready(model)
+        return JSONResponse({"name": model.name, "ready": ready}, status_code=200 if ready else 503)
 
     async def repository_index(self, request: Request) -> Response:
         """``POST /v2/repository/index``: every model on disk or loaded, each version with its state."""
@@ -278,9 +296,10 @@ class InferenceApp:
     def _infer_sync(
         self, model: ServedModel, body: bytearray, header_length: int | None, encoding: str
     ) -> tuple[bytes, int | None]:
-        """Decompress, then :meth:`ServedModel.infer`; runs in a worker thread."""
-        data = body if encoding == "identity" else decompress(body, encoding, self.config.max_body_bytes)
-        return model.infer(data, header_length, self.metrics)
+        """Decompress, then :meth:`ServedModel.infer`, in one of the :attr:`slots`; runs in a worker thread."""
+        with self.slots:
+            data = body if encoding == "identity" else decompress(body, encoding, self.config.max_body_bytes)
+            return model.infer(data, header_length, self.metrics)
 
 
 class _Endpoint:
@@ -309,22 +328,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def _lifespan(handlers: InferenceApp) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     """Start the models' warm-up in a thread (the server answers ``live`` meanwhile, ``ready`` after) and,
-    when configured, the gRPC server on the same event loop; stop the gRPC server with the app."""
+    when configured, the gRPC server; stop the gRPC server with the app."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         threading.Thread(target=handlers.warm_up, name="embed-runtime-warm-up", daemon=True).start()
-        address = handlers.config.grpc_address
-        if address is None:
-            yield
-            return
-        from embed_runtime.serve.grpc import start_grpc_server  # grpcio is only needed for gRPC
+        address, server = handlers.config.grpc_address, None
+        if address is not None:
+            from embed_runtime.serve.grpc import start_grpc_server  # grpcio is only needed for gRPC
 
-        server = await start_grpc_server(handlers, address)
+            server = start_grpc_server(handlers, address)
         try:
             yield
         finally:
-            await server.stop(handlers.config.graceful_timeout)
+            if handlers.workers is not None:
+                handlers.workers.mark(False)
+            if server is not None:
+                await anyio.to_thread.run_sync(server.stop(handlers.config.graceful_timeout).wait)
+            handlers.metrics.close()
 
     return lifespan
 
@@ -333,6 +354,7 @@ def create_app(
     models: Mapping[str, Runtime],
     config: ServeConfig | None = None,
     repository: ModelRepository | None = None,
+    workers: WorkerBoard | None = None,
 ) -> Starlette:
     """The V2 ASGI app serving ``models`` (name to loaded runtime) and every model of ``repository``, which
     it loads here, with the repository extension's endpoints.
@@ -341,7 +363,7 @@ def create_app(
     not served, or a model is both in ``models`` and in the repository.
     """
     config = config or ServeConfig()
-    handlers = InferenceApp(models, config, repository)
+    handlers = InferenceApp(models, config, repository, workers)
     model_paths = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
     routes = [
         Route("/v2/health/live", handlers.live, methods=["GET"]),

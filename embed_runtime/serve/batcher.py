@@ -66,7 +66,8 @@ def _rows(feeds: Feeds) -> int:
 
 
 def probe_feeds(runtime: Runtime) -> dict[str, np.ndarray]:
-    """:data:`PROBE_ROWS` random rows per input: valid ids for id inputs, normal floats, else zeros."""
+    """:data:`PROBE_ROWS` random rows per input: valid ids for id inputs, normal floats, tokens of the
+    vocabulary for string inputs, else zeros."""
     rng = np.random.default_rng(0)
     feeds = {}
     for spec in runtime.inputs:
@@ -76,6 +77,9 @@ def probe_feeds(runtime: Runtime) -> dict[str, np.ndarray]:
             values = rng.integers(0, spec.input_dim or 2, shape)
         elif spec.dtype.kind == "f":
             values = rng.standard_normal(shape)
+        elif spec.dtype == object and runtime.text is not None and spec.name in runtime.text.tokenizers:
+            # a string input whose lookup is in the graph: tokens of its vocabulary
+            values = rng.choice(np.array(runtime.text.tokenizers[spec.name].spec.vocabulary, object), shape)
         else:
             values = np.zeros(shape)
         feeds[spec.name] = values.astype(spec.dtype)
@@ -101,13 +105,19 @@ class Batcher:
         self._model = threading.Lock()
         self._open: dict[tuple[object, ...], _Batch] = {}
 
-    def probe(self) -> None:
+    def probe(self) -> bool:
         """Decide, on :func:`probe_feeds`, whether and how batching keeps every answer exact (see the
-        module docstring); log the decision."""
+        module docstring); log the decision. Returns whether the model ran the probe's batch (then the
+        probe was the model's warm-up inference; else batching stays off and the caller warms it up)."""
         feeds = probe_feeds(self.runtime)
         rows = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(PROBE_ROWS)]
         try:
             batch = self.runtime.run(feeds)
+        except Exception as exc:
+            logger.warning("model %r: dynamic batching stays off: the probe batch failed: %s", self.name, exc)
+            return False
+        reason = "a batch's rows differ from the same rows run alone"
+        try:
             for min_rows in (1, 2):
                 alone = [self._run(row, None, min_rows) for row in rows]
                 if all(np.array_equal(batch[k][i : i + 1], a[k]) for i, a in enumerate(alone) for k in a):
@@ -116,11 +126,11 @@ class Batcher:
                         "model %r: dynamic batching on (up to %d rows, %d us delay, >= %d rows per run)",
                         self.name, self.max_rows, int(self.delay * 1e6), min_rows,
                     )  # fmt: skip
-                    return
-            reason = "a batch's rows differ from the same rows run alone"
+                    return True
         except Exception as exc:
-            reason = f"the probe batch failed: {exc}"
+            reason = f"a probe row failed alone: {exc}"
         logger.warning("model %r: dynamic batching stays off: %s", self.name, reason)
+        return True
 
     def run(self, feeds: Feeds, names: Sequence[str] | None) -> Results:
         """The outputs ``names`` (``None``: all) of checked ``feeds``, run in a batch with other requests

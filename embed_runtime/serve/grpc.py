@@ -1,5 +1,10 @@
 """The Open Inference Protocol's gRPC API: ``inference.GRPCInferenceService`` (KServe's
-``grpc_predict_v2.proto``), served by ``grpc.aio`` on the REST server's event loop.
+``grpc_predict_v2.proto``), served by a ``grpc`` server and its thread pool beside the REST server.
+
+Each call runs in a thread of the pool from start to end: an inference takes one of the app's
+``--max-concurrency`` slots (a semaphore REST requests take too) for decoding, running and encoding. This
+costs half the server CPU per call of ``grpc.aio`` on the event loop with a hop to a worker thread, which
+crossed threads three times per call (``docs/serve.md``, "gRPC against REST").
 
 ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with tensors either in
 ``raw_input_contents`` (little-endian, row-major, ``BOOL`` one byte an element, ``BYTES`` each element a
@@ -23,11 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import grpc  # type: ignore[import-untyped]
 import numpy as np
 
@@ -37,10 +42,10 @@ from embed_runtime.serve.proto import grpc_predict_v2_pb2 as pb
 from embed_runtime.serve.protocol import (
     BYTES,
     BYTES_PREFIX,
-    MAX_RANK,
     V2_TO_NUMPY,
     ProtocolError,
     parse_infer_request,
+    parse_shape,
     v2_datatype,
 )
 from embed_runtime.serve.served import ServedModel, failure
@@ -78,25 +83,12 @@ _CONTENTS_FIELD = {
 }
 """The ``InferTensorContents`` field that holds each datatype (FP16 has none: it must be sent raw)."""
 
+PROBE_THREADS = 4
+"""Threads of the gRPC server's pool beyond those inference requests can hold (waiting for a slot or
+running), so that ServerReady, ModelReady and metadata calls are answered under load."""
 
-def _valid_shape(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
-    """Whether the shape may be checked against the data (others are refused with the V2 parser's message)."""
-    return len(tensor.shape) <= MAX_RANK and all(d >= 0 for d in tensor.shape)
-
-
-def _check_raw_size(tensor: pb.ModelInferRequest.InferInputTensor, index: int, size: int) -> None:
-    """Refuse raw contents whose size does not match a valid shape and datatype (others are refused with
-    the V2 parser's own message)."""
-    dtype = V2_TO_NUMPY.get(tensor.datatype)
-    shape = list(tensor.shape)
-    if dtype is None or not _valid_shape(tensor):
-        return
-    need = math.prod(shape) * dtype.itemsize
-    if size != need:
-        raise ProtocolError(
-            f"input {tensor.name!r}: raw_input_contents[{index}] has {size} bytes but shape {shape} of "
-            f"{tensor.datatype} needs {need}"
-        )
+RAW_FIELD = "raw_input_contents[{index}]"
+"""How the V2 parser names an input's raw bytes in its messages (``binary_data_size`` over REST)."""
 
 
 def _contents_data(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
@@ -119,7 +111,7 @@ def _bytes_block(tensor: pb.ModelInferRequest.InferInputTensor, texts: list[byte
     """The binary ``BYTES`` data of an input's ``bytes_contents``: one length-prefixed element per text;
     refuses a count of elements other than the shape's."""
     shape = list(tensor.shape)
-    if _valid_shape(tensor) and len(texts) != math.prod(shape):
+    if len(texts) != math.prod(parse_shape(tensor.name, shape)):  # the parser's own shape check
         raise ProtocolError(
             f"input {tensor.name!r}: shape {shape} holds {math.prod(shape)} elements but bytes_contents "
             f"has {len(texts)}"
@@ -143,7 +135,7 @@ def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
         )
     inputs = []
     blocks = list(raw)
-    for index, tensor in enumerate(request.inputs):
+    for index, tensor in enumerate(request.inputs):  # raw sizes are checked by the parser
         entry: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
@@ -155,7 +147,6 @@ def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
                     f"input {tensor.name!r} has contents although the request has raw_input_contents; "
                     "send every input one way"
                 )
-            _check_raw_size(tensor, index, len(raw[index]))
             entry["parameters"] = {"binary_data_size": len(raw[index])}
         elif tensor.datatype == BYTES:
             blocks.append(_bytes_block(tensor, _contents_data(tensor)))
@@ -180,7 +171,7 @@ def v2_body(request: pb.ModelInferRequest) -> tuple[bytes, int]:
 def _infer_sync(model: ServedModel, request: pb.ModelInferRequest, handlers: InferenceApp) -> Any:
     """Check, decode, run and encode one ModelInfer request, as the REST path does; in a worker thread."""
     body, header_length = v2_body(request)
-    parsed = parse_infer_request(body, header_length, model.max_json_values)
+    parsed = parse_infer_request(body, header_length, model.max_json_values, RAW_FIELD)
     outputs = model.execute(*model.prepare(parsed, body), handlers.metrics)
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
     for name, array, _ in outputs:
@@ -191,40 +182,37 @@ def _infer_sync(model: ServedModel, request: pb.ModelInferRequest, handlers: Inf
 
 
 class InferenceService:
-    """The RPC handlers, over the REST app's models, metrics and concurrency limiter."""
+    """The RPC handlers, over the REST app's models, metrics and inference slots; each runs in a thread of
+    the server's pool."""
 
     def __init__(self, handlers: InferenceApp) -> None:
         self.handlers = handlers
 
-    async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+    def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.handlers.is_ready())
 
-    async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+    def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         """Ready: the model is served and warm; an unknown model or version is not ready."""
         try:
             model = self.handlers.models.lookup(request.name, request.version)
         except ProtocolError:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=model.ready)
+        return pb.ModelReadyResponse(ready=self.handlers.is_ready(model))
 
-    async def server_metadata(
-        self, request: pb.ServerMetadataRequest, context: Any
-    ) -> pb.ServerMetadataResponse:
+    def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         meta = self.handlers.server_metadata
         return pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
 
-    async def model_metadata(
-        self, request: pb.ModelMetadataRequest, context: Any
-    ) -> pb.ModelMetadataResponse:
+    def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         try:
             meta = self.handlers.models.metadata(request.name, request.version)
         except ProtocolError as exc:
-            await context.abort(GRPC_CODES[exc.status], str(exc))
+            context.abort(GRPC_CODES[exc.status], str(exc))
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],
@@ -238,8 +226,9 @@ class InferenceService:
             ],
         )
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        """Inference, counted in the same metrics as REST (failures under their HTTP status)."""
+    def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        """Inference, counted in the same metrics as REST (failures under their HTTP status), in one of the
+        app's ``--max-concurrency`` slots, which REST requests take too."""
         start = perf_counter()
         metrics = self.handlers.metrics
         label, status, message = UNKNOWN_MODEL, 200, ""
@@ -247,20 +236,19 @@ class InferenceService:
         try:
             model = self.handlers.models.lookup(request.model_name, request.model_version)
             label = model.name
-            response: pb.ModelInferResponse = await anyio.to_thread.run_sync(
-                _infer_sync, model, request, self.handlers, limiter=self.handlers.limiter
-            )
+            with self.handlers.slots:
+                response = _infer_sync(model, request, self.handlers)
         except Exception as exc:
             status, message = failure(exc, f"gRPC inference request on model {label!r}", logger)
         finally:
             metrics.in_flight.dec()
         metrics.observe(label, status, perf_counter() - start)
         if status != 200:
-            await context.abort(GRPC_CODES[status], message)
+            context.abort(GRPC_CODES[status], message)
         return response
 
 
-def _unary(method: Callable[[Any, Any], Awaitable[Any]], request_type: Any, response_type: Any) -> Any:
+def _unary(method: Callable[[Any, Any], Any], request_type: Any, response_type: Any) -> Any:
     return grpc.unary_unary_rpc_method_handler(
         method,
         request_deserializer=request_type.FromString,
@@ -268,12 +256,15 @@ def _unary(method: Callable[[Any, Any], Awaitable[Any]], request_type: Any, resp
     )
 
 
-async def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
-    """Start a ``grpc.aio`` server of :class:`InferenceService` on ``address`` (``host:port``) in the
-    running event loop; returns it (stop it with ``await server.stop(grace)``).
+def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
+    """Start a ``grpc`` server of :class:`InferenceService` on ``address`` (``host:port``) with a pool of
+    :data:`~embed_runtime.serve.app.ADMITTED_PER_SLOT` threads per ``--max-concurrency`` slot and
+    :data:`PROBE_THREADS` more; returns it (``server.stop(grace)`` gives an event set once it stopped).
 
     Raises :class:`~embed_runtime.ConfigurationError` when the address cannot be bound.
     """
+    from embed_runtime.serve.app import ADMITTED_PER_SLOT
+
     service = InferenceService(handlers)
     methods = {
         "ServerLive": _unary(service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
@@ -285,12 +276,15 @@ async def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
         "ModelMetadata": _unary(service.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": _unary(service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
     }
-    server = grpc.aio.server(
+    threads = ADMITTED_PER_SLOT * handlers.config.max_concurrency + PROBE_THREADS
+    server = grpc.server(
+        ThreadPoolExecutor(threads, thread_name_prefix="embed-runtime-grpc"),
         options=[
             ("grpc.max_receive_message_length", handlers.config.max_body_bytes),
             ("grpc.max_send_message_length", -1),  # responses are bounded by --max-output-mb
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
-        ]
+            # a port in use is an error, not a second listener, but for the workers of --workers N
+            ("grpc.so_reuseport", int(handlers.config.grpc_reuse_port)),
+        ],
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
     try:
@@ -299,6 +293,6 @@ async def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
         raise ConfigurationError(f"cannot serve gRPC on {address}: {exc}") from None
     if port == 0:
         raise ConfigurationError(f"cannot serve gRPC on {address}: the address cannot be bound")
-    await server.start()
+    server.start()
     logger.info("gRPC inference service on %s", address)
     return server

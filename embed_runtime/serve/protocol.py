@@ -144,7 +144,8 @@ def _parse_bool_parameter(params: dict[str, Any], key: str, what: str) -> bool |
     return value
 
 
-def _parse_shape(name: str, shape: Any) -> tuple[int, ...]:
+def parse_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """Input ``name``'s ``shape``, checked: at most :data:`MAX_RANK` axes, each in ``[0, 2**63)``."""
     if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_AXIS for d in shape):
         raise ProtocolError(
             f"input {name!r}: 'shape' must be a list of non-negative integers below 2**63, found "
@@ -235,10 +236,10 @@ def _loads(text: bytes | bytearray) -> Any:
         ) from None
 
 
-def _parse_input(entry: Any, offset: int, body_length: int) -> InputSpec:
+def _parse_input(entry: Any, offset: int, body_length: int, field: str) -> InputSpec:
     entry = _dict(entry, "each entry of 'inputs'")
     name = _name(entry.get("name"), "the 'name' of each entry of 'inputs'")
-    shape = _parse_shape(name, entry.get("shape"))
+    shape = parse_shape(name, entry.get("shape"))
     dtype = _numpy_dtype(name, entry.get("datatype"))
     size = _dict(entry.get("parameters", {}), f"input {name!r}: 'parameters'").get("binary_data_size")
     if size is None:
@@ -258,25 +259,30 @@ def _parse_input(entry: Any, offset: int, body_length: int) -> InputSpec:
     if dtype == TEXT_DTYPE:  # the length prefixes are read when the data is decoded
         if size < count * BYTES_PREFIX:
             raise ProtocolError(
-                f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of {BYTES} needs "
+                f"input {name!r}: {field} is {size} bytes but shape {list(shape)} of {BYTES} needs "
                 f"at least {count * BYTES_PREFIX} ({BYTES_PREFIX}-byte length prefixes)"
             )
     elif size != count * dtype.itemsize:
         raise ProtocolError(
-            f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
+            f"input {name!r}: {field} is {size} bytes but shape {list(shape)} of "
             f"{v2_datatype(dtype)} needs {count * dtype.itemsize}"
         )
     return InputSpec(name, dtype, shape, None, slice(offset, offset + size))
 
 
 def parse_infer_request(
-    body: bytes | bytearray, header_length: int | None, max_json_values: int | None = None
+    body: bytes | bytearray,
+    header_length: int | None,
+    max_json_values: int | None = None,
+    binary_field: str = "binary_data_size",
 ) -> InferRequest:
     """Read an infer request's header; ``header_length`` is the ``Inference-Header-Content-Length`` header.
 
     ``max_json_values`` bounds the JSON before it is parsed (by :func:`count_json_values`), so that
-    parsing takes memory in proportion to what the server admits. Raises :class:`ProtocolError` naming
-    what is wrong (:class:`PayloadTooLargeError` for JSON over ``max_json_values``).
+    parsing takes memory in proportion to what the server admits. ``binary_field`` names an input's binary
+    data in messages about its size (``{index}``: the input's position; gRPC's ``raw_input_contents[0]``).
+    Raises :class:`ProtocolError` naming what is wrong (:class:`PayloadTooLargeError` for JSON over
+    ``max_json_values``).
     """
     if header_length is None:
         header_length = len(body)
@@ -307,8 +313,8 @@ def parse_infer_request(
 
     inputs: dict[str, InputSpec] = {}
     offset = header_length
-    for entry in raw_inputs:
-        spec = _parse_input(entry, offset, len(body))
+    for index, entry in enumerate(raw_inputs):
+        spec = _parse_input(entry, offset, len(body), binary_field.format(index=index))
         if spec.name in inputs:
             raise ProtocolError(f"input {spec.name!r} appears twice")
         inputs[spec.name] = spec

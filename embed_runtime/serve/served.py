@@ -110,10 +110,12 @@ def _text_metadata(runtime: Runtime, spec: TensorInfo) -> dict[str, Any] | None:
 
 
 def warm_up_feeds(inputs: tuple[TensorInfo, ...] | list[TensorInfo]) -> dict[str, np.ndarray]:
-    """One row of zeros per input: fixed axes as the graph has them, other axes :data:`WARM_UP_LENGTH`."""
+    """One row of zeros per input (empty strings for a string input): fixed axes as the graph has them,
+    other axes :data:`WARM_UP_LENGTH`."""
     return {
-        spec.name: np.zeros(
+        spec.name: np.full(
             [1 if axis == 0 else WARM_UP_LENGTH if d is None else d for axis, d in enumerate(spec.shape)],
+            "" if spec.dtype == object else 0,
             spec.dtype,
         )
         for spec in inputs
@@ -134,6 +136,7 @@ class ServedModel:
         """Set before warm-up to batch this model's requests (:mod:`~embed_runtime.serve.batcher`)."""
         self.max_json_values = limits.json_values(len(runtime.inputs))
         self.output_names = [spec.name for spec in runtime.outputs]
+        self.ranks = {spec.name: len(spec.shape) for spec in runtime.inputs}
         inputs = [
             _text_metadata(runtime, s)
             or _tensor_metadata(s, {"input_dim": s.input_dim, "input_length": s.input_length})
@@ -160,13 +163,13 @@ class ServedModel:
         }
 
     def warm_up(self) -> None:
-        """Run one inference (:func:`warm_up_feeds`) and mark the model ready; a failure is logged and
-        leaves it not ready."""
+        """Run one inference and mark the model ready; a failure is logged and leaves it not ready. With
+        batching, the batcher's probe batch is that inference; else (or when it fails) one row of
+        :func:`warm_up_feeds`."""
         start = perf_counter()
         try:
-            self.runtime.run(warm_up_feeds(self.runtime.inputs))
-            if self.batcher is not None:
-                self.batcher.probe()
+            if self.batcher is None or not self.batcher.probe():
+                self.runtime.run(warm_up_feeds(self.runtime.inputs))
         except Exception:
             logger.exception("warm-up inference of model %r failed; it stays not ready", self.name)
             return
@@ -195,6 +198,7 @@ class ServedModel:
         if not self.ready:
             raise ModelNotReadyError(f"model {self.name!r} is not ready yet (it is warming up); retry later")
         check_inputs(self.name, request.inputs, self.limits)
+        self.check_ranks(request.inputs)
         selected = self.select_outputs(request)
         if all(spec.dtype != TEXT_DTYPE for spec in request.inputs):
             check_outputs(self.name, self.runtime, selected, shape_stand_ins(request.inputs), self.limits)
@@ -205,6 +209,21 @@ class ServedModel:
         )
         check_outputs(self.name, self.runtime, selected, feeds, self.limits)
         return feeds, selected
+
+    def check_ranks(self, inputs: tuple[InputSpec, ...] | list[InputSpec]) -> None:
+        """Refuse an id input of another rank than the graph's, with a hint a V2 client can act on (the
+        runtime's own message suggests its Python ``single_sequence`` argument)."""
+        for spec in inputs:
+            want = self.ranks.get(spec.name)
+            if want is None or spec.dtype == TEXT_DTYPE or len(spec.shape) == want:
+                continue
+            hint = ""
+            if want == 2 and len(spec.shape) == 1:
+                hint = f"; send one sequence of {spec.shape[0]} ids as shape [1, {spec.shape[0]}]"
+            raise ProtocolError(
+                f"input {spec.name!r} has rank {len(spec.shape)} (shape {list(spec.shape)}) but model "
+                f"{self.name!r} expects rank {want}{' (batch, seq)' if want == 2 else ''}{hint}"
+            )
 
     def tokenized(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``inputs`` with each ``BYTES`` input turned into the ids the model sees (the runtime's text front

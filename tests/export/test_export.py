@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -253,7 +254,7 @@ def test_metadata_ir_and_lowest_opset(k3, tmp_path):
     props = {p.key: p.value for p in proto.metadata_props}
     meta = contract.ModelMetadata.from_props(props)
     assert meta.embeddings == (
-        contract.EmbeddingInfo("tok", ("input_ids",), 100, 5, True, 0, "mask", "float32"),
+        contract.EmbeddingInfo("tok", ("input_ids",), 100, 5, True, 0, "mask", "float32", lookup_output="tok"),
     )
     assert set(contract.VERSION_KEYS) <= set(props)
     assert props[contract.KEY_KERAS_FLAVOUR] == "keras3"
@@ -383,3 +384,40 @@ def test_inputs_of_different_lengths_get_their_own_sequence_axis(k3, tmp_path):
     out = run(tmp_path / "m.onnx", {"query": q, "document": d})  # onnxruntime accepts different lengths
     np.testing.assert_allclose(out["score"], np.asarray(model([q, d])), atol=1e-5)
     np.testing.assert_array_equal(out["words_document_mask"], d != 0)
+
+
+# Checks and report: one session per graph, sizes and hashes from the bytes written ---------------
+
+
+@pytest.mark.parametrize(
+    ("threshold", "sessions"),
+    [(None, {"writer": 1, "rewrite check": 0}), (1024, {"writer": 1, "rewrite check": 1})],
+)
+def test_checks_share_the_writers_session_unless_tables_are_external(
+    k3, tmp_path, monkeypatch, threshold, sessions
+):
+    """Inline, the writer's session is one of the graph in memory: parity and the rewrite check both run
+    on it. With external data it reads the real tables while the rewrite check needs the stand-ins'
+    graph: a second session. The report's size and sha256 are those of the file written."""
+    import exporters.export as export_module
+    import exporters.writers as writers
+
+    made = dict.fromkeys(sessions, 0)
+
+    def counting(key, real):
+        def load(model):
+            made[key] += 1
+            return real(model)
+
+        return load
+
+    monkeypatch.setattr(writers, "load_rewritten", counting("writer", writers.load_rewritten))
+    monkeypatch.setattr(
+        export_module, "load_rewritten", counting("rewrite check", export_module.load_rewritten)
+    )
+    model = k3.Sequential([k3.Input((None,), dtype="int64"), k3.layers.Embedding(300, 4)])  # 4800 bytes
+    report = export_keras(model, tmp_path / "m.onnx", external_data_threshold=threshold)
+    assert made == sessions
+    assert report.rewrite_max_abs_diff == 0.0 and (report.external_data is None) == (threshold is None)
+    written = report.path.read_bytes()
+    assert report.file_bytes == len(written) and report.sha256 == hashlib.sha256(written).hexdigest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import pytest
 
@@ -91,3 +93,68 @@ def test_rows_that_depend_on_each_other_are_checked_case_by_case(k3, tmp_path):
     model = k3.Model(ids, centred)
     report = export_keras(model, tmp_path / "m.onnx")
     assert report.parity is not None and report.parity.cases == 27 and report.parity.worst <= 1e-5
+
+
+def _rows_and_head(keras, mask_zero: bool):
+    """Embedding rows as one output and a pooled Dense head on them as another."""
+    inp = keras.Input((None,), dtype="int64", name="ids")
+    rows = keras.layers.Embedding(30, 4, mask_zero=mask_zero, name="emb")(inp)
+    head = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling1D()(rows))
+    return keras.Model(inp, {"rows": rows, "head": head})
+
+
+@pytest.mark.parametrize("table_dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("external", [False, True])
+def test_pure_lookups_are_declared_and_served_by_numpy(k3, tmp_path, table_dtype, external):
+    """The pure-lookup pass declares an output that is exactly the lookup, in each table dtype's form (the
+    seed's shape: fixed length, no mask), inline or as external data (converted from a stand-in table),
+    and the runtime answers it from numpy with onnxruntime's bytes."""
+    import numpy as np
+
+    import embed_runtime
+
+    seed = k3.Sequential([k3.Input((10,), dtype="int64"), k3.layers.Embedding(50, 8, name="embedding")])
+    export_keras(
+        seed, tmp_path / "seed.onnx", table_dtype=table_dtype, external_data_threshold=1 if external else None
+    )
+    rt = embed_runtime.load(tmp_path / "seed.onnx", providers="cpu")
+    assert [e.lookup_output for e in rt.metadata.embeddings] == ["embedding"]
+    assert rt.execution.startswith("numpy lookup (embedding 50x8 float32")
+    plain = embed_runtime.load(
+        tmp_path / "seed.onnx", options=embed_runtime.RuntimeOptions(lookup_fast_path=False)
+    )
+    ids = np.random.default_rng(0).integers(0, 50, (4, 10))
+    assert rt.run(ids)["embedding"].tobytes() == plain.run(ids)["embedding"].tobytes()
+
+
+def test_only_the_lookup_output_is_declared_and_keras_int8_is_one(k3, tmp_path):
+    """With a head on the rows, the rows are declared (with their mask) and the head is not; a Keras
+    ``quantize("int8")`` table's ``Div`` form is a lookup too."""
+    import embed_runtime
+
+    model = _rows_and_head(k3, mask_zero=True)
+    export_keras(model, tmp_path / "m.onnx")
+    (info,) = embed_runtime.load(tmp_path / "m.onnx").metadata.embeddings
+    assert (info.lookup_output, info.mask_output) == ("rows", "mask")
+    model.quantize("int8")
+    export_keras(model, tmp_path / "q.onnx", atol=1e-4)
+    (info,) = embed_runtime.load(tmp_path / "q.onnx").metadata.embeddings
+    assert (info.lookup_output, info.quantization) == ("rows", "per_row_inverse_scale")
+
+
+def test_a_classifier_declares_no_lookup(k3, tmp_path):
+    """The classifier's only float output is pooled: nothing is declared and the runtime stays on
+    onnxruntime (the committed classifier is this shape too)."""
+    import embed_runtime
+
+    inp = k3.Input((None,), dtype="int64", name="token_ids")
+    rows = k3.layers.Embedding(40, 4, mask_zero=True, name="embedding")(inp)
+    out = k3.layers.Dense(1, activation="sigmoid", name="probability")(
+        k3.layers.GlobalAveragePooling1D()(rows)
+    )
+    export_keras(k3.Model(inp, out), tmp_path / "c.onnx")
+    rt = embed_runtime.load(tmp_path / "c.onnx")
+    assert [e.lookup_output for e in rt.metadata.embeddings] == [None]
+    assert rt.execution == "onnxruntime: no output is a declared lookup"
+    committed = Path(__file__).resolve().parents[2] / "models" / "classifier" / "model.onnx"
+    assert embed_runtime.load(committed).metadata.embeddings[0].lookup_output is None

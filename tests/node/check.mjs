@@ -12,8 +12,12 @@
 // A model that takes text (texts.json beside it: the golden strings; the artifact's `embed_runtime.text`
 // metadata: the declared spec) is also run from its strings: the check reads the spec from the ONNX file,
 // tokenizes the strings itself (standardize, split, lookup, padding, as the spec and README say: ASCII-only
-// lowercasing, ASCII punctuation and ASCII whitespace), requires the ids to equal Keras's (`input.<name>`)
-// one for one, and runs the model on them.
+// lowercasing, ASCII punctuation and ASCII whitespace; a StringLookup's texts.json holds rows of tokens;
+// with num_oov_indices > 1 an out-of-vocabulary token's id comes from FarmHash Fingerprint64, implemented
+// below), requires the ids to equal Keras's (`input.<name>`) one for one, and runs the model on them.
+// Where the spec says `in_graph` (the graph does the lookup itself, with ai.onnx.ml LabelEncoder), the
+// model takes the strings: they are fed as string tensors (rows of tokens padded with the mask token, or
+// texts as [n, 1]) instead of the ids, which are still checked; such a model has no run from ids.
 //
 // Exits 1 on any mismatch, on a model.onnx without golden.npz (or the reverse), on an unreadable file, or
 // when no fixture is found at all. --self-test first runs the normal check, then perturbs each golden
@@ -299,17 +303,117 @@ function tokens(spec, text) {
   throw new FixtureError(`text spec of ${spec.input}: split ${JSON.stringify(spec.split)} is not one this check implements`);
 }
 
-function tokenize(spec, texts) {
-  if (spec.layer_class !== 'TextVectorization' || spec.num_oov_indices !== 1) {
-    throw new FixtureError(`text spec of ${spec.input}: only TextVectorization with one OOV index is implemented here`);
+// FarmHash Fingerprint64 (farmhashna::Hash64, github.com/google/farmhash) of a Buffer, as a BigInt: the
+// hash of TensorFlow's StringToHashBucketFast, with which Keras's StringLookup spreads out-of-vocabulary
+// tokens over num_oov_indices ids. All arithmetic modulo 2^64.
+const K0 = 0xc3a5c85c97cb3127n;
+const K1 = 0xb492b66fbe98f273n;
+const K2 = 0x9ae16a3b2f90404fn;
+const u64 = (x) => BigInt.asUintN(64, x);
+const rot = (v, s) => u64((v >> s) | (v << (64n - s))); // rotate right, 0 < s < 64
+const mix = (v) => v ^ (v >> 47n);
+
+function fingerprint64(s) {
+  const n = s.length;
+  const len = BigInt(n);
+  const at = (i) => s.readBigUInt64LE(i);
+  const len16 = (u, v, mul) => {
+    const a = mix(u64((u ^ v) * mul));
+    return u64(mix(u64((v ^ a) * mul)) * mul);
+  };
+  const mul = u64(K2 + len * 2n);
+  if (n === 0) return K2;
+  if (n < 4) {
+    const y = BigInt(s[0]) + (BigInt(s[n >> 1]) << 8n);
+    return u64(mix(u64(y * K2) ^ u64((len + (BigInt(s[n - 1]) << 2n)) * K0)) * K2);
   }
-  const ids = new Map(spec.vocabulary.map((token, i) => [token, i]));
-  const oov = ids.get(spec.oov_token);
-  const rows = texts.map((t) => tokens(spec, t).map((token) => ids.get(token) ?? oov));
+  if (n < 8) return len16(len + (BigInt(s.readUInt32LE(0)) << 3n), BigInt(s.readUInt32LE(n - 4)), mul);
+  if (n <= 16) {
+    const a = u64(at(0) + K2);
+    const b = at(n - 8);
+    return len16(u64(rot(b, 37n) * mul + a), u64((rot(a, 25n) + b) * mul), mul);
+  }
+  if (n <= 64) {
+    const a = u64(at(0) * (n <= 32 ? K1 : K2));
+    const b = at(8);
+    const c = u64(at(n - 8) * mul);
+    const d = u64(at(n - 16) * K2);
+    const y = u64(rot(u64(a + b), 43n) + rot(c, 30n) + d);
+    const z = len16(y, u64(a + rot(u64(b + K2), 18n) + c), mul);
+    if (n <= 32) return z;
+    const e = u64(at(16) * mul);
+    const f = at(24);
+    const g = u64(u64(y + at(n - 32)) * mul);
+    const h = u64(u64(z + at(n - 24)) * mul);
+    return len16(u64(rot(u64(e + f), 43n) + rot(g, 30n) + h), u64(e + rot(u64(f + a), 18n) + g), mul);
+  }
+  const weak = (p, a, b) => { // WeakHashLen32WithSeeds
+    a = u64(a + at(p));
+    b = rot(u64(b + a + at(p + 24)), 21n);
+    const c = a;
+    a = u64(a + at(p + 8) + at(p + 16));
+    return [u64(a + at(p + 24)), u64(b + rot(a, 44n) + c)];
+  };
+  let x = u64(81n * K2 + at(0));
+  let y = u64(81n * K1 + 113n);
+  let z = u64(mix(u64(y * K2 + 113n)) * K2);
+  let v = [0n, 0n];
+  let w = [0n, 0n];
+  const round = (p, m, last) => {
+    x = u64(rot(u64(x + y + v[0] + at(p + 8)), 37n) * m);
+    y = u64(rot(u64(y + v[1] + at(p + 48)), 42n) * m);
+    x ^= last ? u64(w[1] * 9n) : w[1];
+    y = u64(y + (last ? v[0] * 9n : v[0]) + at(p + 40));
+    z = u64(rot(u64(z + w[0]), 33n) * m);
+    v = weak(p, u64(v[1] * m), u64(x + w[0]));
+    w = weak(p + 32, u64(z + w[1]), u64(y + at(p + 16)));
+    [x, z] = [z, x];
+  };
+  const end = Math.floor((n - 1) / 64) * 64;
+  for (let p = 0; p < end; p += 64) round(p, K1, false);
+  const m = u64(K1 + ((z & 0xffn) << 1n));
+  w[0] = u64(w[0] + BigInt((n - 1) & 63));
+  v[0] = u64(v[0] + w[0]);
+  w[0] = u64(w[0] + v[0]);
+  round(n - 64, m, true);
+  return len16(u64(len16(v[0], w[0], m) + u64(mix(y) * K0) + z), u64(len16(v[1], w[1], m) + x), m);
+}
+
+function tokenize(spec, texts) {
+  // TextVectorization: texts, standardized and split; StringLookup: rows of tokens, looked up as they are.
+  // A token after the OOV ids has its index; the mask token 0; any other the first OOV id plus its
+  // Fingerprint64 modulo num_oov_indices (that is the first OOV id when there is one).
+  if (spec.layer_class !== 'TextVectorization' && spec.layer_class !== 'StringLookup') {
+    throw new FixtureError(`text spec of ${spec.input}: layer_class ${JSON.stringify(spec.layer_class)} is not one this check implements`);
+  }
+  const start = spec.mask_token === null ? 0 : 1;
+  const n = spec.num_oov_indices;
+  const ids = new Map(spec.vocabulary.map((token, i) => [token, i]).slice(start + n));
+  if (spec.mask_token !== null) ids.set(spec.mask_token, 0);
+  const id = (token) => ids.get(token) ?? (n === 1 ? start : start + Number(fingerprint64(Buffer.from(token, 'utf8')) % BigInt(n)));
+  const split = spec.layer_class === 'StringLookup' ? (row) => row : (text) => tokens(spec, text);
+  const rows = texts.map((t) => split(t).map(id));
   const length = spec.output_sequence_length ?? Math.max(1, ...rows.map((r) => r.length));
   const data = new BigInt64Array(texts.length * length);
   rows.forEach((row, i) => row.slice(0, length).forEach((id, j) => { data[i * length + j] = BigInt(id); }));
   return { type: 'int64', dims: [texts.length, length], data };
+}
+
+function graphStrings(spec, texts) {
+  // What a graph doing its own lookup takes: rows of tokens, each short row padded with the mask token
+  // (ragged rows need one), or texts as [n, 1].
+  if (spec.layer_class !== 'StringLookup') return { type: 'string', dims: [texts.length, 1], data: texts.slice() };
+  const width = Math.max(1, ...texts.map((row) => row.length));
+  if (spec.mask_token === null && texts.some((row) => row.length !== width)) {
+    throw new FixtureError(`text spec of ${spec.input}: ragged rows of tokens and no mask token to pad them with`);
+  }
+  const data = texts.flatMap((row) => [...row, ...Array(width - row.length).fill(spec.mask_token)]);
+  return { type: 'string', dims: [texts.length, width], data };
+}
+
+function lookupInGraph(dir) {
+  const declared = onnxMetadata(join(dir, 'model.onnx'))['embed_runtime.text'];
+  return declared !== undefined && Object.values(JSON.parse(declared)).some((spec) => spec.in_graph === true);
 }
 
 function sameIds(a, b) {
@@ -324,6 +428,7 @@ async function runText(dir, golden) {
   const declared = onnxMetadata(join(dir, 'model.onnx'))['embed_runtime.text'];
   if (!declared) throw new FixtureError(`${dir}: texts.json but model.onnx declares no embed_runtime.text`);
   const inputs = new Map(golden.inputs);
+  let inGraph = false;
   for (const [name, spec] of Object.entries(JSON.parse(declared))) {
     const ids = tokenize(spec, texts);
     const want = golden.inputs.get(name);
@@ -331,9 +436,10 @@ async function runText(dir, golden) {
       const bad = want ? ids.data.findIndex((v, i) => v !== want.data[i]) : -1;
       throw new FixtureError(`${dir}: ids of ${name} tokenized in JS [${ids.dims}] differ from golden.npz's [${want?.dims}] (first at flat index ${bad})`);
     }
-    inputs.set(name, ids);
+    inputs.set(name, spec.in_graph ? graphStrings(spec, texts) : ids);
+    inGraph ||= spec.in_graph === true;
   }
-  return { texts: texts.length, golden: { ...golden, inputs } };
+  return { texts: texts.length, inGraph, golden: { ...golden, inputs } };
 }
 
 // ---------------------------------------------------------------- running one fixture
@@ -350,8 +456,10 @@ async function runFixture(dir, golden = loadGolden(join(dir, 'golden.npz'))) {
       throw new FixtureError(`${goldenPath}: inputs do not match the model (model needs [${session.inputNames}], golden has [${[...golden.inputs.keys()]}])`);
     }
     for (const [name, arr] of golden.inputs) {
-      if (arr.type !== 'int64') throw new FixtureError(`${goldenPath}: input.${name} is ${arr.type}, the contract says int64`);
-      feeds[name] = new ort.Tensor('int64', arr.data, arr.dims);
+      if (arr.type !== 'int64' && arr.type !== 'string') {
+        throw new FixtureError(`${goldenPath}: input.${name} is ${arr.type}, the contract says int64 (or strings for an in-graph lookup)`);
+      }
+      feeds[name] = new ort.Tensor(arr.type, arr.data, arr.dims);
     }
     const out = await session.run(feeds);
     const results = {};
@@ -453,21 +561,26 @@ async function main(argv) {
   const ran = [];
   for (const { name, dir } of found.fixtures) {
     try {
-      const r = await runFixture(dir);
-      const cmp = compareAll(r.golden, r.results);
-      const outs = [...r.golden.outputs.keys()].join(',');
-      const line = `${cmp.ok ? 'PASS' : 'FAIL'} ${name}: ${cmp.summary} (inputs ${r.inputs}; outputs ${outs})`;
-      console.log(line);
-      for (const p of cmp.problems) console.log(`     ${p}`);
-      if (!cmp.ok) failures++;
-      ran.push({ name, ...r });
-      const text = await runText(dir, r.golden);
+      const golden = loadGolden(join(dir, 'golden.npz'));
+      if (!lookupInGraph(dir)) { // a graph doing its own lookup takes strings, not the golden ids
+        const r = await runFixture(dir, golden);
+        const cmp = compareAll(r.golden, r.results);
+        const outs = [...r.golden.outputs.keys()].join(',');
+        const line = `${cmp.ok ? 'PASS' : 'FAIL'} ${name}: ${cmp.summary} (inputs ${r.inputs}; outputs ${outs})`;
+        console.log(line);
+        for (const p of cmp.problems) console.log(`     ${p}`);
+        if (!cmp.ok) failures++;
+        ran.push({ name, ...r });
+      }
+      const text = await runText(dir, golden);
       if (text) {
         const t = await runFixture(dir, text.golden);
         const tc = compareAll(t.golden, t.results);
-        console.log(`${tc.ok ? 'PASS' : 'FAIL'} ${name} from strings: ids tokenized in JS equal golden.npz's for ${text.texts} texts; ${tc.summary}`);
+        const fed = text.inGraph ? '; strings fed to the graph\'s own lookup' : '';
+        console.log(`${tc.ok ? 'PASS' : 'FAIL'} ${name} from strings: ids tokenized in JS equal golden.npz's for ${text.texts} texts${fed}; ${tc.summary}`);
         for (const p of tc.problems) console.log(`     ${p}`);
         if (!tc.ok) failures++;
+        if (text.inGraph) ran.push({ name, ...t });
       }
     } catch (err) {
       console.log(`FAIL ${name}: ${err instanceof FixtureError ? err.message : err.stack ?? err}`);

@@ -99,7 +99,9 @@ def test_io_binding_counts_the_bound_input_copies(single: Built) -> None:
     so no buffers are kept for it (many long inputs with tiny outputs held memory before)."""
     ids = ids_of((1, 4), 0)
     for limit, kept in ((4 + ids.nbytes - 1, 0), (4 + ids.nbytes, 1)):
-        rt = embed_runtime.load(single.path, providers="cpu", options=RuntimeOptions(io_binding_max_bytes=limit))
+        rt = embed_runtime.load(
+            single.path, providers="cpu", options=RuntimeOptions(io_binding_max_bytes=limit)
+        )
         for _ in range(2):
             np.testing.assert_array_equal(rt.run(ids, outputs=["mask"])["mask"], ids != 0)
         assert len(cache(rt)) == kept
@@ -199,6 +201,8 @@ def test_run_batched_generators_dicts_and_progress(
     chunks = list(rt.run_batched(rows, batch_size=4, progress=True))
     assert [c["mask"].sum() for c in chunks] == [10, 10, 3]
     assert "seq" in capsys.readouterr().err  # the tqdm bar
+    assert len(list(rt.run_batched(ids_of((9, 2), 5), batch_size=4))) == 3
+    assert capsys.readouterr().err == ""  # no bar unless asked for: a library call stays quiet
     two = embed_runtime.load(models["two"].path, providers="cpu")
     u, i = ids_of((7, 3), 3) % 30, ids_of((7, 3), 4)
     chunks = list(

@@ -26,12 +26,18 @@ def load(name: str) -> embed_runtime.Runtime:
 
 
 @pytest.mark.parametrize("name", ["recurrent", "tagger"])
-def test_rows_of_length_zero_are_refused_where_the_graph_cannot_run_them(name: str) -> None:
+def test_rows_of_length_zero_are_refused_where_the_graph_cannot_run_them(
+    name: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     rt = load(name)
-    with pytest.raises(InvalidInputError, match=r"shape \(3, 0\).*sequences of length 0"):
+    capfd.readouterr()
+    with pytest.raises(
+        InvalidInputError, match=r"shape \(3, 0\).*sequences of length 0 \(onnxruntime: .*Non-zero"
+    ):
         rt.run([[], [], []])
     with pytest.raises(InvalidInputError, match=r"shape \(5, 0\)"):
         list(rt.run_batched([[]] * 5, progress=False))
+    assert capfd.readouterr().err == ""  # onnxruntime logged no error lines before the runtime's error
     assert rt.run([[4, 2]])[rt.outputs[0].name].shape[0] == 1  # the session still serves
 
 
@@ -70,8 +76,10 @@ def test_a_plain_run_refuses_outputs_with_another_batch() -> None:
     class Lying:
         """A session that drops the last row, as the old empty-input fallback did."""
 
-        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            return [a[:-1] for a in real.run(names, feeds)]
+        def run(
+            self, names: list[str], feeds: dict[str, np.ndarray], options: object = None
+        ) -> list[np.ndarray]:
+            return [a[:-1] for a in real.run(names, feeds, options)]
 
     rt.session = Lying()  # type: ignore[assignment]
     with pytest.raises(embed_runtime.InferenceError, match=r"2 rows of 'probability' for 3 rows"):
@@ -130,7 +138,9 @@ def test_padding_a_very_ragged_list_fails_before_allocating() -> None:
 def test_a_zero_stride_view_of_a_trillion_ids_fails_on_its_shape() -> None:
     rt = load("classifier")
     view = np.broadcast_to(np.int64(5), (10**6, 10**6))
-    with pytest.raises(InvalidInputError, match=rf"1,000,000,000,000 ids; one call takes at most {MAX_IDS:,}"):
+    with pytest.raises(
+        InvalidInputError, match=rf"1,000,000,000,000 ids; one call takes at most {MAX_IDS:,}"
+    ):
         rt.run(view)
     with pytest.raises(InvalidInputError, match="one call takes at most"):
         rt.prepare(view)
@@ -163,4 +173,6 @@ def test_cli_ids_nested_too_deep_is_one_line(capsys: pytest.CaptureFixture[str])
     model = str(MODELS / "classifier" / "model.onnx")
     assert cli.main(["run", model, "--ids", "[" * 100_000 + "]" * 100_000]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["embed-runtime run: error: --ids is JSON nested too deep; ids are a (batch, seq) list of lists"]
+    assert err == [
+        "embed-runtime run: error: --ids is JSON nested too deep; ids are a (batch, seq) list of lists"
+    ]

@@ -8,8 +8,10 @@ same rules against Keras itself.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,9 +19,9 @@ import pytest
 from onnx import helper
 
 import embed_runtime
-from embed_runtime import InputTypeError, InvalidInputError, ModelLoadError, cli
+from embed_runtime import InputTypeError, InvalidInputError, ModelLoadError, cli, conversion
 from embed_runtime.contract import KEY_TEXT, TextSpec, text_props, text_specs
-from embed_runtime.text import Tokenizer
+from embed_runtime.text import Tokenizer, fingerprint64
 
 from .conftest import Built, build_model
 
@@ -116,8 +118,13 @@ def test_bad_text_is_named(texts: object, error: type[Exception], message: str) 
     [
         ({"standardize": "upper"}, "standardize 'upper' is not one of"),
         ({"split": "word"}, "split 'word' is not one of"),
-        ({"num_oov_indices": 2}, "num_oov_indices must be 1"),
-        ({"oov_token": "<oov>"}, "oov_token '<oov>' is not in the vocabulary"),
+        ({"num_oov_indices": 0}, "num_oov_indices must be an integer >= 1, found 0"),
+        ({"num_oov_indices": True}, "num_oov_indices must be an integer >= 1, found True"),
+        (
+            {"num_oov_indices": 2},
+            r"oov_token '\[UNK\]' must be the vocabulary's tokens 1 to 2 \(num_oov_indices=2\)",
+        ),
+        ({"oov_token": "<oov>"}, "oov_token '<oov>' must be the vocabulary's tokens 1 to 1"),
         ({"mask_token": "the"}, "mask_token 'the' must be the vocabulary's first token"),
         ({"vocabulary": ("", "[UNK]", "a", "a")}, "the vocabulary repeats a token"),
         ({"output_sequence_length": 0}, "output_sequence_length must be an integer >= 1"),
@@ -225,3 +232,127 @@ def test_string_lookup_rows_of_tokens() -> None:
         replace(lookup, split="whitespace")
     with pytest.raises(ValueError, match="layer_class 'Hashing' is not one of"):
         replace(SPEC, layer_class="Hashing")
+
+
+HASHED = replace(SPEC, layer_class="StringLookup", standardize=None, split=None, mask_token=None,
+                 vocabulary=("[UNK]", "[UNK]", "[UNK]", "the", "[UNK]"), num_oov_indices=3)  # fmt: skip
+
+
+def test_several_oov_ids_are_tensorflow_s_hash_buckets() -> None:
+    """tf.strings.to_hash_bucket_fast's documented example: ["Hello", "TensorFlow", "2.x"] in 3 buckets are
+    [0, 2, 2]; Keras's StringLookup adds the first OOV id. A token of the vocabulary after the OOV ids keeps
+    its id, even one spelled like the OOV token."""
+    assert Tokenizer(HASHED)([["Hello", "TensorFlow", "2.x", "the", "[UNK]"]]).tolist() == [[0, 2, 2, 3, 4]]
+    masked = replace(HASHED, mask_token="", vocabulary=("", *HASHED.vocabulary))
+    assert Tokenizer(masked)([["Hello", "TensorFlow", "2.x", "", "the"]]).tolist() == [[1, 3, 3, 0, 4]]
+
+
+def test_fingerprint64_is_farmhash_s() -> None:
+    """farmhash's Fingerprint64 of the empty string is its constant k2; tests/export/test_text_oov.py
+    compares it with TensorFlow on many strings."""
+    fingerprint = fingerprint64(HASHED)
+    assert fingerprint(b"") == 0x9AE16A3B2F90404F
+    assert [fingerprint(t) % 3 for t in (b"Hello", b"TensorFlow", b"2.x")] == [0, 2, 2]
+
+
+def test_hashing_needs_the_text_extra_only_when_used(
+    monkeypatch: pytest.MonkeyPatch, text_model: Built, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "farmhash", None)  # import farmhash now raises ImportError
+    assert Tokenizer(SPEC)(["the cat"]).tolist() == [[THE, CAT]]  # one OOV id: no hash, no import
+    message = (
+        r"input 'text' \(StringLookup 'vectorize', num_oov_indices=3\) hashes out-of-vocabulary tokens with "
+        r"FarmHash Fingerprint64, which needs the text extra: pip install 'embed-runtime\[text\]'"
+    )
+    with pytest.raises(ModelLoadError, match=message):
+        Tokenizer(HASHED)
+    model = with_text(text_model, tmp_path / "hashed.onnx", text_props([HASHED]))
+    with pytest.raises(ModelLoadError, match=message):
+        embed_runtime.load(model.path)
+
+
+FIXTURE = Path(__file__).parent / "data" / "string_lookup.onnx"
+"""A Keras 3 StringLookup model exported with its lookup in the graph, and Keras's answers beside it
+(built by tests/runtime/data/build_string_lookup.py)."""
+
+
+@pytest.fixture(scope="module")
+def in_graph() -> tuple[embed_runtime.Runtime, dict[str, Any]]:
+    golden = json.loads(FIXTURE.with_suffix(".json").read_text(encoding="utf-8"))
+    return embed_runtime.load(FIXTURE, providers="cpu"), golden
+
+
+def test_in_graph_lookup_takes_strings_as_keras_does(in_graph: tuple[embed_runtime.Runtime, Any]) -> None:
+    rt, golden = in_graph
+    assert rt.inputs[0].dtype == object and rt.text is not None
+    assert rt.text.tokenizers["tokens"].spec.in_graph
+    rows = golden["rows"]
+    for batch in (
+        rows,
+        np.array(rows, dtype=object),
+        np.array(rows),
+        [[t.encode("utf-8") for t in row] for row in rows],
+        {"tokens": rows},
+    ):
+        out = rt.run(batch)
+        np.testing.assert_allclose(out["scores"], golden["scores"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(out["mask"], golden["mask"])
+    ids, mask = rt.tokenize(rows)  # the declared spec of the same lookup
+    np.testing.assert_array_equal(ids, golden["ids"])
+    np.testing.assert_array_equal(mask, golden["mask"])
+
+
+def test_in_graph_ragged_rows_are_padded_with_the_mask_token(
+    in_graph: tuple[embed_runtime.Runtime, Any],
+) -> None:
+    rt, _ = in_graph
+    ragged = rt.run([["the", "cat", "sat"], ["дом"]])
+    padded = rt.run([["the", "cat", "sat"], ["дом", "", ""]])
+    np.testing.assert_array_equal(ragged["scores"], padded["scores"])
+    np.testing.assert_array_equal(ragged["mask"], [[True, True, True], [True, False, False]])
+    assert rt.tokenize([["the", "cat"], ["дом"]])[0].tolist() == [[2, 3], [7, 0]]
+
+
+@pytest.mark.parametrize(
+    ("rows", "error", "message"),
+    [
+        ([["the", None]], InputTypeError, r"input 'tokens\[0\]' text \[1\] is NoneType"),
+        ([["the", 3]], InputTypeError, r"input 'tokens\[0\]' text \[1\] is int"),
+        ([[2, 3]], InputTypeError, r"input 'tokens\[0\]' text \[0\] is int"),
+        ([["the", b"\xff"]], InvalidInputError, r"input 'tokens\[0\]' text \[1\] is not UTF-8"),
+        ([["\ud800"]], InvalidInputError, r"input 'tokens\[0\]' text \[0\] is not valid unicode"),
+        ([["the", ["cat"]]], InputTypeError, r"input 'tokens\[0\]' text \[1\] is list"),
+        (["the", "cat"], InputTypeError, r"input 'tokens\[0\]' takes a batch of texts"),
+        (7, InputTypeError, r"input 'tokens': expected rows of tokens, found int"),
+    ],
+)
+def test_in_graph_bad_strings_get_the_text_errors(
+    in_graph: tuple[embed_runtime.Runtime, Any], rows: object, error: type[Exception], message: str
+) -> None:
+    rt, _ = in_graph
+    with pytest.raises(error, match=message):
+        rt.run(rows)
+
+
+def test_in_graph_spec_round_trip() -> None:
+    lookup = replace(SPEC, layer_class="StringLookup", standardize=None, split=None)
+    assert "in_graph" not in lookup.to_dict()  # older files read the same
+    marked = replace(lookup, in_graph=True)
+    assert text_specs(text_props([marked])) == {"text": marked}
+    with pytest.raises(ValueError, match="in_graph must be a bool, true only with num_oov_indices 1"):
+        replace(SPEC, in_graph=True)  # standardize and split: by the spec only
+    for wrong in ("yes", 1):
+        with pytest.raises(ValueError, match=f"found {wrong!r}"):
+            TextSpec.from_dict({**marked.to_dict(), "in_graph": wrong})
+
+
+def test_padding_is_bounded_by_the_size_limit(
+    in_graph: tuple[embed_runtime.Runtime, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ragged rows (and texts) are padded only after the padded shape is checked against MAX_IDS."""
+    monkeypatch.setattr(conversion, "MAX_IDS", 10)
+    rt, _ = in_graph
+    with pytest.raises(InvalidInputError, match=r"input 'tokens' would be padded to shape \(2, 6\), 12 ids"):
+        rt.run([["the"] * 6, ["the"]])
+    with pytest.raises(InvalidInputError, match=r"input 'text' would be padded to shape \(2, 6\), 12 ids"):
+        Tokenizer(SPEC)(["the " * 6, "the"])

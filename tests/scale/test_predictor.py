@@ -171,10 +171,12 @@ def test_settings_that_cannot_work_are_refused() -> None:
         Predictor(CLASSIFIER, providers="cpu", columns={"ids": "x"})
     with pytest.raises(ConfigurationError, match=r"'mask' would be both kept and produced"):
         Predictor(CLASSIFIER, providers="cpu", keep=["mask"])
-    with pytest.raises(
-        ConfigurationError, match=r"unknown output\(s\) 'logits'; the model's outputs are probability"
+    with pytest.raises(  # the runtime's own check (Runtime.run raises the same), as documented
+        InvalidInputError, match=r"^unknown output\(s\) 'logits'; the model's outputs are probability, mask$"
     ):
         Predictor(CLASSIFIER, providers="cpu", outputs=["logits"])
+    with pytest.raises(InvalidInputError, match=r"^unknown output\(s\) \(none given\)"):
+        Predictor(CLASSIFIER, providers="cpu", outputs=[])
     predict = Predictor(CLASSIFIER, providers="cpu", keep=["user"])
     with pytest.raises(InvalidInputError, match=r"no column\(s\) 'token_ids', 'user'; its columns are ids"):
         predict(pa.table({"ids": [[1]]}))

@@ -3,6 +3,7 @@ same rows, in order; a bad row fails the job naming it, or is routed aside."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,30 @@ def test_importing_the_runtime_imports_no_ray() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert "embed_runtime" in done.stdout.split()
     assert not {"ray", "pyarrow", "pandas"} & set(done.stdout.split())
+
+
+def test_command_on_its_own_local_ray_reads_a_folder_in_order(tmp_path: Path) -> None:
+    # without an address the command starts a local Ray and reads with Ray Data's first Parquet reader
+    # (scale._local_read); the rows of several files and row groups come back in order
+    rows = ragged_rows(90, seed=3)
+    (tmp_path / "ids").mkdir()
+    for i, start in enumerate(range(0, 90, 30)):
+        part = pa.table({"user": np.arange(start, start + 30), "ids": rows[start : start + 30]})
+        pq.write_table(part, tmp_path / "ids" / f"{i}.parquet", row_group_size=8)
+    command = [
+        sys.executable,
+        "-m",
+        "embed_runtime.cli",
+        "batch",
+        CLASSIFIER,
+        "--input",
+        str(tmp_path / "ids"),
+    ]
+    command += ["--output", str(tmp_path / "out"), "--column", "token_ids=ids", "--key", "user"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [*command, "--batch-size", "16"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wrote 90 rows" in done.stdout
+    check_against_runtime(pq.read_table(tmp_path / "out").to_pylist(), rows)

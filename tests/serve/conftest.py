@@ -33,13 +33,15 @@ def _table(name: str, rows: int, cols: int, seed: int) -> onnx.TensorProto:
     return numpy_helper.from_array(values, name)
 
 
-def _save(path: Path, graph: onnx.GraphProto, embeddings: tuple[EmbeddingInfo, ...]) -> Path:
+def save_model(path: Path, graph: onnx.GraphProto, embeddings: tuple[EmbeddingInfo, ...]) -> Path:
+    """Save ``graph`` as a checked model with the contract's metadata (checked by path, so that external
+    data is found beside it)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     helper.set_model_props(model, ModelMetadata(embeddings=embeddings).to_props())
-    onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
+    onnx.checker.check_model(str(path))
     return path
 
 
@@ -70,7 +72,7 @@ def build_words(path: Path) -> Path:
         initializer=[_table("table", 50, 8, 0), _zero()],
     )
     info = EmbeddingInfo("words", ("input_ids",), 50, 8, True, 0, "mask")
-    return _save(path, graph, (info,))
+    return save_model(path, graph, (info,))
 
 
 def build_recommender(path: Path) -> Path:
@@ -99,7 +101,7 @@ def build_recommender(path: Path) -> Path:
         EmbeddingInfo("user_emb", ("user_ids",), 30, 4, True, 0, "user_emb_mask"),
         EmbeddingInfo("item_emb", ("item_ids",), 40, 6, True, 0, "item_emb_mask"),
     )
-    return _save(path, graph, infos)
+    return save_model(path, graph, infos)
 
 
 def build_fragile(path: Path) -> Path:
@@ -118,7 +120,7 @@ def build_fragile(path: Path) -> Path:
         initializer=[_table("table", 10, 2, 3), numpy_helper.from_array(np.array([-1, 4]), "pair_shape")],
     )
     info = EmbeddingInfo("fragile", ("input_ids",), 10, 2, False, None, None)
-    return _save(path, graph, (info,))
+    return save_model(path, graph, (info,))
 
 
 @pytest.fixture(scope="session")

@@ -116,6 +116,17 @@ def start_server(
     raise RuntimeError(f"server did not become ready:\n{log_path.read_text()}")
 
 
+def json_infer_http(url: str, model: str, ids: list[int]) -> tuple[bytes, bytes]:
+    """The raw HTTP/1.1 head and JSON body of an inference of one row of ``ids`` on ``model``."""
+    tensor = {"name": "input_ids", "shape": [1, len(ids)], "datatype": "INT64", "data": ids}
+    body = json.dumps({"inputs": [tensor]}).encode()
+    head = (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {url}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head, body
+
+
 def stop_server(proc: subprocess.Popen) -> int:
     """SIGTERM the server and return its exit status."""
     proc.send_signal(signal.SIGTERM)

@@ -19,7 +19,10 @@ import tritonclient.http as httpclient
 import embed_runtime
 from embed_runtime import ConfigurationError, Runtime
 from embed_runtime.serve import add_arguments, batching_from_args
-from embed_runtime.serve.batcher import Batcher, BatchSettings
+from embed_runtime.serve import batcher as batcher_module
+from embed_runtime.serve.batcher import PROBE_ROWS, Batcher, BatchSettings
+from embed_runtime.serve.limits import Limits
+from embed_runtime.serve.served import ServedModel
 
 from .helpers import REPO_MODELS, SERVE_CLI, free_port, start_server, stop_server
 
@@ -124,6 +127,45 @@ def test_probe_keeps_batching_off_where_rows_mix(
         batcher.probe()
     assert not batcher.enabled
     assert "model 'fragile': dynamic batching stays off" in caplog.text
+
+
+def _counted(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count ``runtime.run`` calls (the list's one item)."""
+    runs, run = [0], runtime.run
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        runs[0] += 1
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "run", counting)
+    return runs
+
+
+@pytest.mark.parametrize(("model", "runs"), [("seed", 1 + PROBE_ROWS), ("tagger", 1 + 2 * PROBE_ROWS)])
+def test_the_probe_is_the_warm_up(model: str, runs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With batching the model's warm-up is the probe's batch: no extra run (seed: one batch and its
+    rows alone; tagger: the rows alone again on two rows)."""
+    runtime = _load(model)
+    counted = _counted(runtime, monkeypatch)
+    served = ServedModel(model, runtime, Limits())
+    served.batcher = Batcher(model, runtime, BatchSettings(max_batch_size=8))
+    served.warm_up()
+    assert served.ready and served.batcher.enabled
+    assert counted[0] == runs
+
+
+def test_a_failing_probe_falls_back_to_the_warm_up(
+    model_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe batch that fails leaves batching off and the one-row warm-up runs after it."""
+    runtime = _load("seed")
+    counted = _counted(runtime, monkeypatch)
+    served = ServedModel("seed", runtime, Limits())
+    served.batcher = Batcher("seed", runtime, BatchSettings(max_batch_size=8))
+    monkeypatch.setattr(batcher_module, "probe_feeds", lambda rt: {"input_ids": np.full((8, 10), -1)})
+    served.warm_up()
+    assert served.ready and not served.batcher.enabled
+    assert counted[0] == 2  # the probe's batch (refused: negative ids), then the warm-up
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

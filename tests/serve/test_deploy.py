@@ -13,6 +13,7 @@ import pytest
 
 from embed_runtime.cli import LAZY_COMMANDS
 from embed_runtime.serve import add_arguments, create_app, model_specs
+from embed_runtime.serve.workers import check_workers
 
 from .test_cli import _get
 
@@ -72,6 +73,8 @@ def test_kubernetes_deployment_and_service() -> None:
     for name, path in model_specs(args.models).items():
         assert name == "seed" and path.is_relative_to(mount["mountPath"])
     assert pod["spec"]["terminationGracePeriodSeconds"] > args.graceful_timeout
+    check_workers(args.workers, args.model_repository is not None)
+    assert int(container["resources"]["requests"]["cpu"]) >= args.workers  # a CPU for each worker
 
     labels = pod["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()

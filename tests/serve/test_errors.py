@@ -128,7 +128,15 @@ CASES = [
         400,
         "has dtype bool; ids must be integers",
     ),
-    ("rank-1-ids", WORDS, _json(_tensor([1, 2], [2])), {}, 400, "has rank 1 (shape (2,))"),
+    (
+        "rank-1-ids",
+        WORDS,
+        _json(_tensor([1, 2], [2])),
+        {},
+        400,
+        "input 'input_ids' has rank 1 (shape [2]) but model 'words' expects rank 2 (batch, seq); send one "
+        "sequence of 2 ids as shape [1, 2]",
+    ),
     ("duplicate-input", WORDS, _json(_tensor([1], [1, 1]), _tensor([2], [1, 1])), {}, 400, "appears twice"),
     (
         "unknown-output",

@@ -184,7 +184,7 @@ def test_typed_contents(stub, runtimes) -> None:
     [
         (
             lambda r: (r.inputs.add(name="input_ids", datatype="INT64", shape=[1, 10]), r.raw_input_contents.append(b"\0" * 8)),
-            "input 'input_ids': raw_input_contents[0] has 8 bytes but shape [1, 10] of INT64 needs 80",
+            "input 'input_ids': raw_input_contents[0] is 8 bytes but shape [1, 10] of INT64 needs 80",
         ),
         (
             lambda r: (r.inputs.add(name="input_ids", datatype="INT64", shape=[1, 10]), r.raw_input_contents.extend([b"", b""])),

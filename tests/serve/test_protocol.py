@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.http import InferResult
 
-from embed_runtime.serve.codec import decode_inputs, encode_infer_response
+from embed_runtime.serve.codec import decode_inputs, encode_infer_response, json_value_width
 from embed_runtime.serve.protocol import InferRequest, ProtocolError, count_json_values, parse_infer_request
 
 
@@ -141,3 +141,27 @@ def test_json_value_count_is_an_upper_bound(document: object, spaced: bool) -> N
     text = json.dumps(document, separators=(", ", ": ") if spaced else (",", ":")).encode()
     assert count_json_values(text, len(text)) >= _values(document)
     assert count_json_values(text + b"  ", len(text)) == count_json_values(text, len(text))
+
+
+def _json_float32_round_trip(array: np.ndarray) -> list[str]:
+    """Encode ``array`` as a JSON output, check it reads back as the same float32 bits; its value texts."""
+    body, _ = encode_infer_response("m", "1", None, [("out", array, False)])
+    data = json.loads(body)["outputs"][0]["data"]
+    np.testing.assert_array_equal(np.array(data, dtype=np.float32).view(np.uint32), array.view(np.uint32))
+    return body.decode().split('"data":[')[1].rstrip("]}").split(",")
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=50))
+def test_json_float32_outputs_give_back_every_bit(values: list[float]) -> None:
+    """float32 outputs are written with 9 significant digits (0.1 as ``0.100000001``): read back as
+    float32, every value (subnormals and the largest included) is the same bits, within the bytes
+    :func:`json_value_width` counts; with a -0.0 among them (``-0`` reads as the integer 0), as
+    ``json.dumps`` writes them."""
+    array = np.array([*values, 0.1, 1e-45, 3.4028235e38, -1.1754944e-38], dtype=np.float32)
+    array[array == 0] = 0.0  # no negative zero
+    texts = _json_float32_round_trip(array)
+    assert texts[-4] == "0.100000001"
+    assert max(len(t) + 1 for t in texts) <= json_value_width(np.dtype(np.float32))
+    texts = _json_float32_round_trip(np.append(array, np.float32(-0.0)))
+    assert texts[-5:] == ["0.10000000149011612", "1.401298464324817e-45", "3.4028234663852886e+38",
+                          "-1.1754943508222875e-38", "-0.0"]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from embed_runtime import load
 from embed_runtime.contract import EmbeddingInfo
 from embed_runtime.serve import create_app
 
-from .conftest import _save
+from .conftest import save_model
 from .helpers import SERVE_MODULE, RawHttp, free_port, stop_server
 from .test_cli import _get
 
@@ -54,7 +55,7 @@ def build_slow(path: Path, layers: int = 80, width: int = 512) -> Path:
             numpy_helper.from_array(np.array([-1]), "axes"),
         ],
     )
-    return _save(path, graph, (EmbeddingInfo("slow", ("input_ids",), 10, width, False, None, None),))
+    return save_model(path, graph, (EmbeddingInfo("slow", ("input_ids",), 10, width, False, None, None),))
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +190,47 @@ def test_probes_stay_fast_under_load(slow_model: Path, tmp_path: Path) -> None:
         assert replies == [200, 200]
     finally:
         stop_server(proc)
+
+
+def _slow_request() -> Any:
+    request = service_pb2.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="input_ids", datatype="INT64", shape=[1, LENGTH])
+    request.raw_input_contents.append(np.ones(LENGTH, "<i8").tobytes())
+    return request
+
+
+@pytest.mark.slow
+def test_sigterm_lets_a_grpc_call_and_a_rest_request_finish(slow_model: Path, tmp_path: Path) -> None:
+    """With --max-concurrency 1, a slow gRPC call runs and a REST request waits for the one slot they
+    share when SIGTERM comes: both are answered, then the server exits."""
+    proc, http, grpc_address = _start([str(slow_model), "--max-concurrency", "1"], tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 60
+        while http.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        answers: dict[str, Any] = {}
+        with grpc.insecure_channel(grpc_address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            calls = [
+                threading.Thread(target=lambda: answers.update(grpc=stub.ModelInfer(_slow_request()))),
+                threading.Thread(
+                    target=lambda: answers.update(rest=http.post("/v2/models/slow/infer", _infer_body()))
+                ),
+            ]
+            calls[0].start()
+            while _in_flight(http) < 1:
+                time.sleep(0.01)
+            calls[1].start()
+            while _in_flight(http) < 2:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            for call in calls:
+                call.join(60)
+        assert list(answers) == ["grpc", "rest"]  # the REST request waited for the slot the call held
+        assert [o.name for o in answers["grpc"].outputs] == ["score"]
+        assert answers["rest"].status_code == 200
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)

@@ -167,7 +167,9 @@ def test_versions_loaded_later_are_batched_like_those_at_start(repo: Path) -> No
     from embed_runtime.serve.repository import ModelRepository
 
     config = ServeConfig(batching=BatchSettings(max_batch_size=8, max_queue_delay_us=0))
-    app = create_app({}, config, ModelRepository(repo, lambda path: embed_runtime.load(path, providers="cpu")))
+    app = create_app(
+        {}, config, ModelRepository(repo, lambda path: embed_runtime.load(path, providers="cpu"))
+    )
     handlers = app.state.handlers
     assert all(model.batcher is not None for model in handlers.models.all())  # at start-up
     shutil.copytree(repo.parent / "staging" / "2", repo / "words" / "2")

@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SERVE_CLI
+from .helpers import SERVE_CLI, json_infer_http
 
 
 def test_sigterm_finishes_in_flight_request(model_paths: dict[str, Path], launch, tmp_path: Path) -> None:
     proc, url = launch([str(model_paths["words"]), "--no-access-log"], SERVE_CLI)
     host, port = url.split(":")
-    body = json.dumps(
-        {"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [5, 6, 0]}]}
-    ).encode()
-    head = (
-        f"POST /v2/models/words/infer HTTP/1.1\r\nHost: {url}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head, body = json_infer_http(url, "words", [5, 6, 0])
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         # A slow client: headers and half the body, then SIGTERM, then the rest.
         sock.sendall(head + body[: len(body) // 2])
