@@ -49,8 +49,9 @@ BATCH = 32
 """Dynamic batching's rows per batch, in both servers, for the models in :data:`BATCHED`."""
 BATCHED = ("tagger",)
 BATCHED_CONCURRENCY = (8, 32)
-MAX_BATCH_TIME = 0.001
-"""MLServer's ``max_batch_time`` (s) in the batching lines: it waits that long for a batch to fill."""
+BATCH_WINDOW = 0.001
+"""Seconds the first request of a batch waits for it to fill: MLServer's ``max_batch_time``, our
+``--max-queue-delay-us``."""
 
 MLSERVER_RUNTIME = """
 import onnxruntime as ort
@@ -108,17 +109,19 @@ class Server:
             self.proc.wait()
 
 
-def start_ours(name: str, path: Path, workers: int, batch: int = 0) -> Server:
-    """``embed-runtime serve`` with its defaults but ``--workers`` and, with ``batch``, dynamic batching of
-    up to ``batch`` rows in as many slots (``--max-batch-size batch --max-concurrency batch``), quiet."""
+def start_ours(name: str, path: Path, workers: int, batch: tuple[int, float] | None = None) -> Server:
+    """``embed-runtime serve`` with its defaults but ``--workers`` and, with ``batch`` (rows, seconds),
+    dynamic batching of up to that many rows in as many slots, waiting up to that long for a batch to
+    fill (``--max-batch-size --max-concurrency --max-queue-delay-us``), quiet."""
     rest, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "embed_runtime.serve", f"{name}={path}", "--port", str(rest)]
     command += ["--grpc-port", str(grpc_port), "--no-access-log", "--log-level", "warning"]
     command += ["--workers", str(workers)]
     label = "embed-runtime serve" + (f" --workers {workers}" if workers > 1 else "")
     if batch:
-        command += ["--max-batch-size", str(batch), "--max-concurrency", str(batch)]
-        label += f", batching {batch}"
+        command += ["--max-batch-size", str(batch[0]), "--max-concurrency", str(batch[0])]
+        command += ["--max-queue-delay-us", str(round(batch[1] * 1e6))]
+        label += f", batching {batch[0]}"
     return Server(label, command, None, rest, grpc_port)
 
 
@@ -283,19 +286,18 @@ def side_by_side(args: argparse.Namespace, tmp: Path) -> dict | None:
             s.name: rng.integers(1, s.input_dim or 2, (1, s.shape[1] or args.seq), dtype=np.int64)
             for s in rt.inputs
         }
-        groups: list[tuple[tuple[tuple[int, int], ...], int, tuple[int, ...]]]
-        groups = [(((1, 0), (2, 0)), 0, CONCURRENCY)]  # ours: (workers, batch) each; MLServer's batch
+        window = (BATCH, args.batch_window_ms / 1000)
+        groups: list[tuple[tuple[int, ...], tuple[int, float] | None, tuple[int, ...]]]
+        groups = [((1, 2), None, CONCURRENCY)]  # our workers, the batching of all, the concurrency
         if model in BATCHED:
-            groups.append((((1, BATCH),), BATCH, BATCHED_CONCURRENCY))
+            groups.append(((1,), window, BATCHED_CONCURRENCY))
         for ours, batch, concurrency in groups:
             servers: list[Server] = []
             try:
-                for workers, rows in ours:
-                    servers.append(start_ours(model, path, workers, rows))
-                folder = tmp / f"mlserver-{model}-{batch}"
-                settings = (batch, args.mlserver_max_batch_time) if batch else None
-                workers = args.mlserver_parallel_workers
-                servers.append(start_mlserver(model, path, folder, workers, settings))
+                for workers in ours:
+                    servers.append(start_ours(model, path, workers, batch))
+                folder = tmp / f"mlserver-{model}-{len(cells)}"
+                servers.append(start_mlserver(model, path, folder, args.mlserver_parallel_workers, batch))
                 for server in servers:
                     check_answers(server, model, feeds, rt.run(feeds))
                 cells += load_cells(model, servers, feeds, concurrency, args.cell_seconds)
@@ -362,8 +364,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mlserver-parallel-workers", type=int, default=1, help="--mlserver: its parallel_workers"
     )
-    batch_time = "--mlserver: its max_batch_time (s) in the batching lines (default: %(default)s)"
-    parser.add_argument("--mlserver-max-batch-time", type=float, default=MAX_BATCH_TIME, help=batch_time)
+    window = "--mlserver: batching lines' max_batch_time / --max-queue-delay-us (default: %(default)s)"
+    parser.add_argument("--batch-window-ms", type=float, default=BATCH_WINDOW * 1000, help=window)
     parser.add_argument(
         "--write-docs", action="store_true", help="--mlserver: put the table in docs/serve.md"
     )
@@ -381,8 +383,9 @@ def main(args: argparse.Namespace) -> int:
         f"Run on {started} with `python benchmarks/serve_load.py --mlserver --write-docs` "
         f"({args.cell_seconds:g} s per run after 0.5 s of warm-up, two runs per server per line in ABBA "
         f'order; MLServer `parallel_workers` {args.mlserver_parallel_workers}; "batching {BATCH}": ours with '
-        f"`--max-batch-size {BATCH} --max-concurrency {BATCH}`, MLServer with `max_batch_size` {BATCH} and "
-        f"`max_batch_time` {args.mlserver_max_batch_time:g} s; one row per request, "
+        f"`--max-batch-size {BATCH} --max-concurrency {BATCH} --max-queue-delay-us "
+        f"{round(args.batch_window_ms * 1000)}`, MLServer with `max_batch_size` {BATCH} and `max_batch_time` "
+        f"{args.batch_window_ms / 1000:g}; one row per request, "
         f"shapes {result['request_shapes']}; "
         f"{platform.machine()}, {os.cpu_count()} CPUs shared with other work and with the load client; "
         f"Python {platform.python_version()}, {versions}):"
