@@ -2,38 +2,34 @@
 
 An exported model is a plain ONNX file. What makes it an *embed-runtime* artifact is:
 
-* **Inputs**: one int64 tensor of shape ``(batch, seq)`` per model input, named after the Keras input
-  (``input_ids`` when Keras only had an automatic name such as ``keras_tensor``). ``batch`` is always
-  dynamic; ``seq`` is static when the Keras model fixes the length (``input_length=10`` or
-  ``Input(shape=(10,))``) and dynamic otherwise.
+* **Inputs**: one int64 tensor ``(batch, seq)`` per model input, named after the Keras input (``input_ids``
+  when Keras only named it automatically, e.g. ``keras_tensor``); ``batch`` dynamic, ``seq`` static when
+  the Keras model fixes the length (``input_length=10`` or ``Input(shape=(10,))``), dynamic otherwise.
 * **Outputs**: the Keras outputs under the Keras output names, then one bool output per Embedding layer
   with ``mask_zero=True``: named ``mask`` when the model has one such layer, ``<layer name>_mask`` when it
   has several, ``<layer>_<input>_mask`` when one layer is shared by several inputs (one mask per input it
   reads; see :func:`mask_output_name`). A mask is ``ids != 0``, exactly Keras's ``Embedding.compute_mask``.
-* **Metadata** (ONNX ``metadata_props``, string to string), keys below. ``embed_runtime.embeddings`` is a
-  JSON list with one object per Embedding layer (see :class:`EmbeddingInfo`); the runtime uses it to reject
-  ids outside ``[0, input_dim)`` before onnxruntime sees them (ONNX ``Gather`` silently wraps negative ids).
-  ``embed_runtime.external_data`` (only in models with big tables stored as ONNX external data) is a JSON
-  list with one object per data file: ``location`` (its file name, in the ``.onnx``'s folder), ``bytes``,
-  ``sha256`` (of the whole file) and ``sample_sha256`` (of 16 blocks of 4 KiB spread over it); the runtime
-  refuses to load a model whose data file has another size or sample, ``embed-runtime info`` checks the
-  full sha256 (:mod:`embed_runtime.artifact`).
+* **Metadata** (ONNX ``metadata_props``, string to string: plain strings and JSON, readable from other
+  languages), keys below. ``embed_runtime.embeddings`` is a JSON list with one object per Embedding layer
+  (see :class:`EmbeddingInfo`); the runtime uses it to reject ids outside ``[0, input_dim)`` before
+  onnxruntime sees them (ONNX ``Gather`` silently wraps negative ids).
+  ``embed_runtime.external_data`` (only with big tables stored as ONNX external data): a JSON list, one
+  object per data file: ``location`` (file name, in the ``.onnx``'s folder), ``bytes``, ``sha256`` (whole
+  file), ``sample_sha256`` (16 blocks of 4 KiB spread over it); the runtime refuses a data file of another
+  size or sample, ``embed-runtime info`` checks the full sha256 (:mod:`embed_runtime.artifact`).
 * **Pure lookups** (``lookup_output`` in an ``embed_runtime.embeddings`` entry, where the exporter proved
   it): the output that is exactly the entry's table lookup of its one input (see :class:`EmbeddingInfo`);
   with the masks, what the runtime may answer from a table read out of the model (:mod:`embed_runtime.lookup`).
-
-* **Text front end** (``embed_runtime.text``, only in models exported from a string input): Keras's
-  ``TextVectorization`` cannot live in a standard ONNX graph, because its default ``strip_punctuation`` is a
-  regex replace (``tf.strings.regex_replace``) and ONNX has no regex op (``StringNormalizer`` only lowercases
-  and drops stop words; ``StringSplit``, opset 20, splits on one separator, not on runs of ASCII whitespace).
-  So the graph takes the int64 ids, and the preprocessing is a *declared spec*: a JSON object keyed by the
-  graph id input, one :class:`TextSpec` each (standardize, split, the vocabulary in Keras's
-  ``get_vocabulary()`` order, OOV and mask tokens, sequence length, and the Keras version it was read from).
-  :mod:`embed_runtime.text` implements it, id for id as Keras does. Where standard ops are exact (one OOV
-  id, no standardize or split) the graph does the lookup itself (``LabelEncoder``) on the strings; its
-  spec, marked ``in_graph``, still describes it.
-
-Other languages can read the same keys: they are plain strings and JSON.
+* **Text front end** (``embed_runtime.text``, only in models exported from a string input): a JSON object
+  keyed by graph input, one :class:`TextSpec` each (standardize, split, the vocabulary in
+  ``get_vocabulary()`` order, OOV and mask tokens, sequence length, Keras version), a *declared spec* that
+  :mod:`embed_runtime.text` implements id for id. The graph takes the int64 ids (Keras's default
+  ``strip_punctuation`` is a regex replace, which ONNX lacks; see exporters/string_lookup.py) or, where
+  standard ops are exact (one OOV id, no standardize or split), the strings themselves: it does the lookup
+  (``LabelEncoder``), and the spec, marked ``in_graph``, still describes it.
+* **Format** (``embed_runtime.format``): ``"2"`` when a text spec is ``in_graph`` (a format-1 runtime would
+  feed ids to its string input: wrong outputs, no error), else ``"1"``, so that other models stay readable by
+  older runtimes. The runtime refuses a format not in :data:`FORMAT_VERSIONS` (written by a newer version).
 """
 
 from __future__ import annotations
@@ -42,8 +38,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FORMAT_VERSION = "1"
-"""Version of this contract; bumped when a key changes meaning."""
+FORMAT_VERSIONS = ("1", "2")
+"""The ``embed_runtime.format`` values this version reads; a new one when a key changes meaning."""
 
 PREFIX = "embed_runtime."
 KEY_FORMAT = PREFIX + "format"
@@ -220,9 +216,9 @@ class ModelMetadata:
         return {n: ids[0] for n, ids in found.items() if ids[0] is not None and len(set(ids)) == 1}
 
     def to_props(self) -> dict[str, str]:
-        """The ``metadata_props`` to write: format, embeddings JSON, versions, then any other raw keys."""
+        """The ``metadata_props`` to write: format (the lowest that fits), embeddings JSON, versions, rest."""
         props = dict(self.raw)
-        props[KEY_FORMAT] = FORMAT_VERSION
+        props[KEY_FORMAT] = "2" if any(spec.in_graph for spec in text_specs(props).values()) else "1"
         props[KEY_EMBEDDINGS] = json.dumps([e.to_dict() for e in self.embeddings], sort_keys=True)
         props.update(self.versions)
         return props
@@ -231,8 +227,13 @@ class ModelMetadata:
     def from_props(cls, props: dict[str, str]) -> ModelMetadata:
         """Read the contract out of a model's metadata; a file without our keys gives empty embeddings.
 
-        Raises ``ValueError`` when our keys are present but malformed.
+        Raises ``ValueError`` when our keys are malformed or of a format this version does not read.
         """
+        if props.get(KEY_FORMAT, FORMAT_VERSIONS[0]) not in FORMAT_VERSIONS:
+            raise ValueError(
+                f"{KEY_FORMAT} is {props[KEY_FORMAT]!r}, and this embed-runtime reads formats "
+                f"{' and '.join(map(repr, FORMAT_VERSIONS))}: upgrade embed-runtime to load this model"
+            )
         embeddings: tuple[EmbeddingInfo, ...] = ()
         if KEY_EMBEDDINGS in props:
             try:

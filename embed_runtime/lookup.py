@@ -28,7 +28,7 @@ from .contract import ModelMetadata
 from .conversion import MAX_IDS
 from .inputs import SMALL_BATCH_IDS, range_plan
 from .options import RuntimeOptions
-from .tensors import TensorInfo
+from .tensors import TensorInfo, stand_in
 
 Results = dict[str, np.ndarray]
 
@@ -129,11 +129,8 @@ def _arranged(info: TensorInfo, rows: int) -> np.ndarray:
 
 
 def _feeds(inputs: Sequence[TensorInfo], name: str, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """``ids`` for input ``name``, id 0 (always valid) for the others, with the same rows."""
-    return {
-        i.name: ids if i.name == name else np.zeros((ids.shape[0], i.input_length or ids.shape[1]), i.dtype)
-        for i in inputs
-    }
+    """``ids`` for input ``name``, zeros (id 0 is always valid) for the others, with the same rows."""
+    return {i.name: ids if i.name == name else stand_in(i, *ids.shape) for i in inputs}
 
 
 def _read_tables(
@@ -177,16 +174,17 @@ def _read_tables(
 
 
 def _probe(session: ort.InferenceSession, path: LookupPath, inputs: Sequence[TensorInfo]) -> None:
-    """Random ids (padding and the last id included) through onnxruntime and ``path``: every output byte
-    for byte, or :class:`Refused`."""
+    """Random ids (padding and the last id included) for the id inputs, zeros for any other input (of any
+    rank: :func:`~embed_runtime.tensors.stand_in`), through onnxruntime and ``path``: every output byte for
+    byte, or :class:`Refused`."""
     rng = np.random.default_rng(0)
     for batch, length in ((3, 7), (1, 1)):
         feeds = {}
         for info in inputs:
-            high = info.input_dim or 1
-            ids = rng.integers(0, high, (batch, info.input_length or length)).astype(info.dtype)
-            ids.flat[0], ids.flat[-1] = 0, high - 1
-            feeds[info.name] = ids
+            feeds[info.name] = ids = stand_in(info, batch, length)
+            if info.input_dim is not None and info.dtype.kind in "iu" and ids.size:
+                ids[...] = rng.integers(0, info.input_dim, ids.shape)
+                ids.flat[0], ids.flat[-1] = 0, info.input_dim - 1
         want = dict(zip(path.names, session.run(list(path.names), feeds)))
         got = path.run(feeds, path.names) or {}
         for name, w in want.items():

@@ -80,7 +80,7 @@ class Runtime:
             self.metadata = ModelMetadata.from_props(props)
             self.text = front_end(props, graph_inputs)
         except (ValueError, TypeError) as exc:
-            raise ModelLoadError(f"{self.path}: malformed embed_runtime metadata: {exc}") from None
+            raise ModelLoadError(f"{self.path}: cannot read its embed_runtime metadata: {exc}") from None
         dims = self.metadata.input_dims()
         unknown = sorted(set(dims) - set(graph_inputs))
         if unknown:  # the ids of those embeddings would go unchecked: refuse rather than guess

@@ -1,7 +1,8 @@
 """What the runtime knows about one graph input or output (:class:`TensorInfo`), onnxruntime's type
-strings as numpy dtypes, and the checks and shapes of outputs: the outputs a call selects
-(:func:`select_outputs`), the shape these feeds give (:func:`expected_shape`, :func:`empty_output`), the
-``out=`` arrays (:func:`check_out`) and the rows onnxruntime returned (:func:`check_batch_rows`)."""
+strings as numpy dtypes, a value any input takes (:func:`stand_in`), and the checks and shapes of outputs:
+the outputs a call selects (:func:`select_outputs`), the shape these feeds give (:func:`expected_shape`,
+:func:`empty_output`), the ``out=`` arrays (:func:`check_out`) and the rows onnxruntime returned
+(:func:`check_batch_rows`)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,14 @@ def tensor_info(
         dim_names=names,
         padding_id=None if padding_ids is None else padding_ids.get(arg.name),
     )
+
+
+def stand_in(info: TensorInfo, rows: int, length: int) -> np.ndarray:
+    """A value of input ``info`` that any graph takes: zeros (empty strings for a string input), with
+    ``rows`` on an open batch axis (axis 0), ``length`` on its other open axes and the graph's size on
+    fixed ones, whatever the input's rank."""
+    shape = [(rows if axis == 0 else length) if d is None else d for axis, d in enumerate(info.shape)]
+    return np.full(shape, "" if info.dtype == object else 0, info.dtype)
 
 
 def expected_shape(

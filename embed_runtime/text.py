@@ -60,6 +60,15 @@ ASCII_LOWER = bytes.maketrans(bytes(range(65, 91)), bytes(range(97, 123)))
 
 _TEXT_TYPES = (str, bytes)
 
+SizeCheck = Callable[[str, tuple[int, int]], None]
+"""Called with an input's name and the ``(rows, width)`` its texts would be padded to, before any padded
+array is made; raises when that is too large."""
+
+
+def padded_size(name: str, shape: tuple[int, int]) -> None:
+    """The :data:`SizeCheck` of the Python API: at most :data:`~embed_runtime.conversion.MAX_IDS` ids."""
+    check_size(name, shape, "would be padded to shape")
+
 
 def fingerprint64(spec: TextSpec) -> Callable[[bytes], int]:
     """FarmHash ``Fingerprint64`` (``farmhashna::Hash64``, github.com/google/farmhash): the hash of
@@ -125,11 +134,11 @@ class Tokenizer:
             return map(self._ids.__getitem__, tokens)
         return map(self._ids.get, tokens, repeat(self._oov))
 
-    def __call__(self, texts: Any) -> np.ndarray:
+    def __call__(self, texts: Any, check: SizeCheck = padded_size) -> np.ndarray:
         """Token ids of a batch of texts (of token rows for ``StringLookup``), padded with 0; see the
-        module docstring for what ``texts`` may be."""
+        module docstring for what ``texts`` may be. ``check`` is given the padded shape first."""
         if self.spec.layer_class == "StringLookup":
-            return self._lookup_rows(texts)
+            return self._lookup_rows(texts, check)
         texts = utf8_batch(texts, self.spec.input)
         if self.spec.split == "whitespace":  # the common case, without a call per text
             table, delete = self._table, self._delete
@@ -140,26 +149,27 @@ class Tokenizer:
         if fixed is not None:
             rows = [row[:fixed] for row in rows]
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        total = int(lengths.sum())
-        # every token looked up in one C-level pass over the batch's tokens
-        flat = np.fromiter(self.ids_of(chain.from_iterable(rows)), dtype=np.int64, count=total)
         longest = int(lengths.max(initial=0))
-        check_size(self.spec.input, (len(rows), fixed or max(longest, 1)), "would be padded to shape")
+        check(self.spec.input, (len(rows), fixed or max(longest, 1)))
+        # every token looked up in one C-level pass over the batch's tokens
+        flat = np.fromiter(self.ids_of(chain.from_iterable(rows)), dtype=np.int64, count=int(lengths.sum()))
         out = np.zeros((len(rows), fixed or max(longest, 1)), dtype=np.int64)
         out[:, :longest][np.arange(longest) < lengths[:, None]] = flat
         return out
 
-    def _lookup_rows(self, batch: Any) -> np.ndarray:
+    def _lookup_rows(self, batch: Any, check: SizeCheck) -> np.ndarray:
         """``StringLookup``: every token of every row looked up as it is (:func:`token_rows`)."""
-        rows, width = token_rows(batch, self.spec, as_bytes=True)
+        rows, width = token_rows(batch, self.spec, as_bytes=True, check=check)
         flat = np.fromiter(self.ids_of(chain.from_iterable(rows)), dtype=np.int64, count=len(rows) * width)
         return flat.reshape(len(rows), width)
 
 
-def token_rows(batch: Any, spec: TextSpec, as_bytes: bool) -> tuple[list[list[Any]], int]:
+def token_rows(
+    batch: Any, spec: TextSpec, as_bytes: bool, check: SizeCheck = padded_size
+) -> tuple[list[list[Any]], int]:
     """The checked rows of tokens of a ``StringLookup`` input (tokens as ``bytes`` or ``str``), each short
     row padded with the mask token, and their width (1 for an empty batch). Raises for ragged rows when
-    the layer has no mask token."""
+    the layer has no mask token, and where ``check`` refuses the padded shape."""
     name = spec.input
     if isinstance(batch, np.ndarray) and batch.ndim == 2:
         batch = batch.tolist()
@@ -168,7 +178,7 @@ def token_rows(batch: Any, spec: TextSpec, as_bytes: bool) -> tuple[list[list[An
     rows = [checked_batch(row, f"{name}[{i}]", as_bytes) for i, row in enumerate(batch)]
     lengths = sorted({len(r) for r in rows})
     width = lengths[-1] if lengths else 1
-    check_size(name, (len(rows), width), "would be padded to shape")
+    check(name, (len(rows), width))
     if len(lengths) > 1:
         if spec.mask_token is None:
             raise InvalidInputError(
@@ -187,9 +197,9 @@ class GraphStrings:
     def __init__(self, spec: TextSpec):
         self.spec = spec
 
-    def __call__(self, texts: Any) -> np.ndarray:
+    def __call__(self, texts: Any, check: SizeCheck = padded_size) -> np.ndarray:
         if self.spec.layer_class == "StringLookup":
-            rows, width = token_rows(texts, self.spec, as_bytes=False)
+            rows, width = token_rows(texts, self.spec, as_bytes=False, check=check)
             return np.array(rows, dtype=object).reshape(len(rows), width)
         single = checked_batch(texts, self.spec.input, as_bytes=False)
         out = np.empty((len(single), 1), dtype=object)
@@ -277,19 +287,19 @@ class TextFrontEnd:
         self.graph_strings = {name: GraphStrings(spec) for name, spec in specs.items() if spec.in_graph}
         self._only = next(iter(self.tokenizers)) if len(graph_inputs) == 1 else None
 
-    def ids(self, inputs: Any) -> Any:
+    def ids(self, inputs: Any, check: SizeCheck = padded_size) -> Any:
         """``inputs`` as the graph takes them: texts turned into ids, or for an input whose lookup is in
         the graph, whatever is given checked as texts (:class:`GraphStrings`); ids and anything else for
-        other inputs are left as they are."""
+        other inputs are left as they are. ``check`` is given each padded shape before it is made."""
         if isinstance(inputs, dict):
-            return {k: self._feed(k, v) for k, v in inputs.items()}
-        return inputs if self._only is None else self._feed(self._only, inputs)
+            return {k: self._feed(k, v, check) for k, v in inputs.items()}
+        return inputs if self._only is None else self._feed(self._only, inputs, check)
 
-    def _feed(self, name: str, value: Any) -> Any:
+    def _feed(self, name: str, value: Any, check: SizeCheck) -> Any:
         strings = self.graph_strings.get(name)
         if strings is not None:  # the graph takes strings only: anything else gets the text errors
-            return strings(value)
-        return self.tokenizers[name](value) if name in self.tokenizers and is_text(value) else value
+            return strings(value, check)
+        return self.tokenizers[name](value, check) if name in self.tokenizers and is_text(value) else value
 
     def tokenize(self, texts: Any) -> tuple[Any, Any]:
         """(ids, mask) the model will see for ``texts`` (a batch, or a dict of batches by input name):

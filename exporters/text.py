@@ -28,6 +28,7 @@ from . import string_lookup
 from .errors import ExportError
 from .keras_model import KERAS3, IdInput, KerasModelInfo, _readable_input_names, flavour_of
 from .passes import ExportState
+from .verify import dequantized
 
 SAMPLES = (
     "the cat sat on the mat",
@@ -168,7 +169,7 @@ def split_front(model: Any) -> TextFront | None:
         layers = [keras.Input(shape=(length,), dtype="int64"), *model.layers[1:]]
         id_model = keras.Sequential(layers, name=model.name)
     else:
-        id_model = keras.Model(ids, model.outputs, name=model.name)
+        id_model = keras.Model(ids, model.output, name=model.name)  # a dict of outputs keeps its keys
     name = (getattr(strings[0], "name", "") or "").split(":")[0]
     return TextFront(model, id_model, layer, name, length)
 
@@ -218,11 +219,14 @@ def finish(
 ) -> list[TextSpec]:
     """After the id graph's checks: the lookup into ``state.model`` where it is exact (proven against the
     layer, :func:`exporters.string_lookup.move_into_graph`), then, when ``session_of`` (the writer's
-    session of the graph as it will be stored) is given, :func:`check_strings` on that graph. Returns
-    the text specs to declare."""
+    session of the graph as it will be stored) is given, :func:`check_strings` on that graph, Keras
+    holding the dequantized tables where the graph has compact ones (as
+    :func:`exporters.verify.compare_compact`; ``front.model`` shares its layers with the id model).
+    Returns the text specs to declare."""
     spec, masks = string_lookup.move_into_graph(state, front, spec)
     if session_of is not None:
-        check_strings(front, spec, session_of(state.model), state.keras.output_names, atol, masks)
+        with dequantized(state.keras, state.compact, state.table_dtype):
+            check_strings(front, spec, session_of(state.model), state.keras.output_names, atol, masks)
     return [spec]
 
 

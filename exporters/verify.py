@@ -250,6 +250,18 @@ def holding(tables: Sequence[tuple[EmbeddingLayer, np.ndarray]], attribute: str)
         yield
 
 
+@contextmanager
+def dequantized(
+    info: KerasModelInfo, compact: Sequence[CompactTable], table_dtype: str
+) -> Iterator[list[TableError]]:
+    """While the block runs, the layer of each ``compact`` table holds its dequantized values, what the
+    graph computes (:func:`measure_table`, :func:`holding`); yields each table's :class:`TableError`."""
+    attribute = table_attribute(info.flavour)
+    measured = [(c.layer, *measure_table(c.layer, attribute, table_dtype)) for c in compact]
+    with holding([(emb, deq) for emb, deq, _ in measured], attribute):
+        yield [error for _, _, error in measured]
+
+
 def compare_compact(
     info: KerasModelInfo,
     compact: Sequence[CompactTable],
@@ -261,9 +273,7 @@ def compare_compact(
     it): within ``atol`` of the Keras model holding the dequantized tables (``exact_max_abs_diff``), every
     table element within its bound (``tables``, see :class:`exporters.quantize.TableError`), and the
     differences from the original model measured (``max_abs_diff``); a non-finite difference fails."""
-    attribute = table_attribute(info.flavour)
-    measured = [(c.layer, *measure_table(c.layer, attribute, table_dtype)) for c in compact]
-    with holding([(emb, deq) for emb, deq, _ in measured], attribute):
+    with dequantized(info, compact, table_dtype) as errors:
         try:
             exact = compare_at(atol)
         except ExportError as exc:
@@ -281,5 +291,5 @@ def compare_compact(
                 "with table_dtype='float32'"
             )
     parity.exact_max_abs_diff = exact.worst
-    parity.tables = [error for _, _, error in measured]
+    parity.tables = errors
     return parity

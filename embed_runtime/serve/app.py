@@ -148,7 +148,9 @@ class InferenceApp:
         self.limiter = anyio.CapacityLimiter(config.max_concurrency)
         self.slots = threading.BoundedSemaphore(config.max_concurrency)
         """The inference slots REST requests (in the limiter's threads) and gRPC calls both take."""
-        self.admission = anyio.Semaphore(ADMITTED_PER_SLOT * config.max_concurrency)
+        self.admitted = ADMITTED_PER_SLOT * config.max_concurrency
+        """Inference requests admitted at once: REST requests (:attr:`admission`), gRPC calls likewise."""
+        self.admission = anyio.Semaphore(self.admitted)
         self.server_metadata: dict[str, Any] = {
             "name": "embed-runtime",
             "version": embed_runtime.__version__,

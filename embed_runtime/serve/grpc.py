@@ -13,7 +13,10 @@ back in ``raw_output_contents``. A ModelInfer request is turned into the V2 HTTP
 header, then the raw blocks as binary tensor data; typed numbers become JSON ``data`` and typed
 ``bytes_contents`` a binary block in Triton's length-prefixed encoding, so that texts need not be UTF-8 to
 reach the runtime's own check) and runs through the same parser, limits, runtime and messages as a REST
-request, under the same ``--max-concurrency`` slots; the HTTP status of an error maps to a gRPC status
+request, under the same ``--max-concurrency`` slots. At most :func:`calls_admitted` ModelInfer calls are
+taken in at once (each holds a thread of the pool and its message while it waits for a slot); one more is
+refused at once with ``RESOURCE_EXHAUSTED`` (:class:`BusyError`), so the pool keeps :data:`PROBE_THREADS`
+for readiness probes. The HTTP status of an error maps to a gRPC status
 code (:data:`GRPC_CODES`). A message over ``--max-body-mb`` is refused by grpcio itself with
 ``RESOURCE_EXHAUSTED``.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
@@ -62,6 +66,7 @@ GRPC_CODES: dict[int, Any] = {
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
 }
@@ -84,8 +89,26 @@ _CONTENTS_FIELD = {
 """The ``InferTensorContents`` field that holds each datatype (FP16 has none: it must be sent raw)."""
 
 PROBE_THREADS = 4
-"""Threads of the gRPC server's pool beyond those inference requests can hold (waiting for a slot or
+"""Threads of the gRPC server's pool beyond those admitted inference calls can hold (waiting for a slot or
 running), so that ServerReady, ModelReady and metadata calls are answered under load."""
+
+MIN_CALLS_ADMITTED = 32
+"""ModelInfer calls taken in at once when REST would admit fewer (``2 * --max-concurrency``): a gRPC client
+opens many calls on one channel and a refused call is an error to it, while a REST request beyond those
+admitted waits before its body is read. Their messages count in the memory bound (``docs/serve.md``)."""
+
+
+def calls_admitted(handlers: InferenceApp) -> int:
+    """ModelInfer calls taken in at once: as many as REST admits, and at least :data:`MIN_CALLS_ADMITTED`."""
+    return max(handlers.admitted, MIN_CALLS_ADMITTED)
+
+
+class BusyError(ProtocolError):
+    """A ModelInfer call beyond the admitted ones (429, gRPC ``RESOURCE_EXHAUSTED``): it is refused at once
+    rather than holding a thread of the pool that probes need."""
+
+    status = 429
+
 
 RAW_FIELD = "raw_input_contents[{index}]"
 """How the V2 parser names an input's raw bytes in its messages (``binary_data_size`` over REST)."""
@@ -187,6 +210,9 @@ class InferenceService:
 
     def __init__(self, handlers: InferenceApp) -> None:
         self.handlers = handlers
+        self.admitted = calls_admitted(handlers)
+        self.admission = threading.BoundedSemaphore(self.admitted)
+        """ModelInfer calls admitted at once (:func:`calls_admitted`), taken without waiting."""
 
     def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -227,20 +253,32 @@ class InferenceService:
         )
 
     def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        """Inference, counted in the same metrics as REST (failures under their HTTP status), in one of the
-        app's ``--max-concurrency`` slots, which REST requests take too."""
+        """Inference, counted in the same metrics as REST (failures under their HTTP status): admitted
+        (:class:`BusyError` when as many calls as REST admits are in), then in one of the app's
+        ``--max-concurrency`` slots, which REST requests take too; a call whose client has gone (cancelled,
+        past its deadline) while it waited for a slot is not run."""
         start = perf_counter()
         metrics = self.handlers.metrics
         label, status, message = UNKNOWN_MODEL, 200, ""
         metrics.in_flight.inc()
+        admitted = self.admission.acquire(blocking=False)
         try:
             model = self.handlers.models.lookup(request.model_name, request.model_version)
             label = model.name
+            if not admitted:
+                raise BusyError(
+                    f"the server is busy: {self.admitted} inference calls are in already, the most it admits "
+                    f"with --max-concurrency {self.handlers.config.max_concurrency}; retry later"
+                )
             with self.handlers.slots:
+                if not context.is_active() or context.time_remaining() <= 0:
+                    raise ProtocolError("the client cancelled the call or its deadline passed: not run")
                 response = _infer_sync(model, request, self.handlers)
         except Exception as exc:
             status, message = failure(exc, f"gRPC inference request on model {label!r}", logger)
         finally:
+            if admitted:
+                self.admission.release()
             metrics.in_flight.dec()
         metrics.observe(label, status, perf_counter() - start)
         if status != 200:
@@ -258,13 +296,12 @@ def _unary(method: Callable[[Any, Any], Any], request_type: Any, response_type: 
 
 def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
     """Start a ``grpc`` server of :class:`InferenceService` on ``address`` (``host:port``) with a pool of
-    :data:`~embed_runtime.serve.app.ADMITTED_PER_SLOT` threads per ``--max-concurrency`` slot and
-    :data:`PROBE_THREADS` more; returns it (``server.stop(grace)`` gives an event set once it stopped).
+    one thread per admitted inference call (:func:`calls_admitted`) and
+    :data:`PROBE_THREADS` more, and at most twice as many calls running or queued (grpcio answers more with
+    ``RESOURCE_EXHAUSTED``); returns it (``server.stop(grace)`` gives an event set once it stopped).
 
     Raises :class:`~embed_runtime.ConfigurationError` when the address cannot be bound.
     """
-    from embed_runtime.serve.app import ADMITTED_PER_SLOT
-
     service = InferenceService(handlers)
     methods = {
         "ServerLive": _unary(service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
@@ -276,9 +313,10 @@ def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
         "ModelMetadata": _unary(service.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": _unary(service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
     }
-    threads = ADMITTED_PER_SLOT * handlers.config.max_concurrency + PROBE_THREADS
+    threads = service.admitted + PROBE_THREADS
     server = grpc.server(
         ThreadPoolExecutor(threads, thread_name_prefix="embed-runtime-grpc"),
+        maximum_concurrent_rpcs=2 * threads,
         options=[
             ("grpc.max_receive_message_length", handlers.config.max_body_bytes),
             ("grpc.max_send_message_length", -1),  # responses are bounded by --max-output-mb

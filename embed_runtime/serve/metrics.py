@@ -93,4 +93,11 @@ class ServeMetrics:
     def close(self) -> None:
         """Drop this process's in-flight gauge from the shared values (a worker that stops)."""
         if self.shared:
-            multiprocess.mark_process_dead(os.getpid())
+            forget_process(os.getpid())
+
+
+def forget_process(pid: int) -> None:
+    """Drop the in-flight gauge of worker ``pid`` (stopped, or dead: a worker killed mid-request never
+    lowered it) from the shared values, when there are any (``--workers N``)."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(pid)

@@ -35,6 +35,7 @@ from embed_runtime.serve.protocol import (
     parse_infer_request,
     v2_datatype,
 )
+from embed_runtime.tensors import stand_in
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +112,8 @@ def _text_metadata(runtime: Runtime, spec: TensorInfo) -> dict[str, Any] | None:
 
 def warm_up_feeds(inputs: tuple[TensorInfo, ...] | list[TensorInfo]) -> dict[str, np.ndarray]:
     """One row of zeros per input (empty strings for a string input): fixed axes as the graph has them,
-    other axes :data:`WARM_UP_LENGTH`."""
-    return {
-        spec.name: np.full(
-            [1 if axis == 0 else WARM_UP_LENGTH if d is None else d for axis, d in enumerate(spec.shape)],
-            "" if spec.dtype == object else 0,
-            spec.dtype,
-        )
-        for spec in inputs
-    }
+    other axes :data:`WARM_UP_LENGTH` (:func:`~embed_runtime.tensors.stand_in`)."""
+    return {spec.name: stand_in(spec, 1, WARM_UP_LENGTH) for spec in inputs}
 
 
 class ServedModel:
@@ -243,8 +237,13 @@ class ServedModel:
                     f"input {name!r} of model {self.name!r} takes ids, not {BYTES}; the model {takes}"
                 )
             else:
-                feeds[name] = front.ids({name: arr})[name]  # ids only: no mask to build
+                feeds[name] = front.ids({name: arr}, self.check_padded)[name]  # ids only: no mask to build
         return feeds
+
+    def check_padded(self, name: str, shape: tuple[int, int]) -> None:
+        """Refuse texts of input ``name`` whose ids, padded to ``shape``, would be over the limits (413),
+        before the padded array is made."""
+        check_inputs(self.name, [InputSpec(name, np.dtype(np.int64), shape, None, None)], self.limits)
 
     def execute(
         self, inputs: dict[str, np.ndarray], selected: list[tuple[str, bool]], metrics: ServeMetrics

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from embed_runtime import ConfigurationError
 from embed_runtime.cli_common import one_line
-from embed_runtime.serve.metrics import MULTIPROCESS_DIR
+from embed_runtime.serve.metrics import MULTIPROCESS_DIR, forget_process
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -89,19 +89,26 @@ class WorkerBoard:
 
     def __init__(self, workers: int) -> None:
         self._pids = multiprocessing.get_context("spawn").Array("q", workers)
+        self._stopped = False
+        """Set (in this process) by ``mark(False)``: a warm-up that ends after it marks nothing."""
 
     def mark(self, ready: bool) -> None:
-        """Record this worker as warm (in a free slot, or that of a worker that died) or, when ``ready`` is
-        false, as no longer serving."""
+        """Record this worker as warm (in a free slot, or that of a worker that died, whose in-flight
+        requests are dropped from ``/metrics`` then) or, when ``ready`` is false, as no longer serving, for
+        good: a later ``mark(True)`` (the warm-up thread of a worker that is stopping) changes nothing."""
         pid = os.getpid()
         with self._pids.get_lock():
             slots = self._pids.get_obj()
             held = [int(slot) for slot in slots]
-            if not ready and pid in held:
-                slots[held.index(pid)] = 0
-            elif ready and pid not in held:
+            if not ready:
+                self._stopped = True
+                if pid in held:
+                    slots[held.index(pid)] = 0
+            elif pid not in held and not self._stopped:
                 free = [index for index, other in enumerate(held) if not _alive(other)]
                 if free:
+                    if held[free[0]]:  # a worker that died: its replacement takes its slot
+                        forget_process(held[free[0]])
                     slots[free[0]] = pid
 
     def all_ready(self) -> bool:

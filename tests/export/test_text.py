@@ -20,11 +20,12 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import helper, numpy_helper
 
 import embed_runtime
 from embed_runtime.contract import KEY_TEXT, TextSpec
 from embed_runtime.text import Tokenizer
-from exporters import ExportError, export_keras
+from exporters import ExportError, export_keras, string_lookup
 
 FLAVOURS = ["k3", "tfk"]
 STDLIB = ("json", "os", "re", "collections", "functools", "itertools", "pathlib", "argparse", "typing", "csv")
@@ -300,3 +301,80 @@ def test_saved_keras_file(k3, tmp_path):
     model.save(tmp_path / "text.keras")
     export_keras(tmp_path / "text.keras", tmp_path / "m.onnx")
     check_parity(model, vectorize, tmp_path / "m.onnx", multiscript_lines())
+
+
+def lookup_pool_model(keras):
+    """StringLookup (in the graph) -> Embedding(mask_zero) -> average -> Dense "scores", and the lookup."""
+    lookup = keras.layers.StringLookup(vocabulary=["a", "b", "c", "é", "дом"], mask_token="", name="lookup")
+    tokens = keras.Input(shape=(3,), dtype="string", name="tokens")
+    x = keras.layers.Embedding(lookup.vocabulary_size(), 8, mask_zero=True)(lookup(tokens))
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(3, name="scores")(x)), lookup
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("table_dtype", ["float16", "int8"])
+@pytest.mark.parametrize("front", ["TextVectorization", "StringLookup"])
+def test_compact_tables_pass_the_string_check(flavour, table_dtype, front, request, tmp_path):
+    """The check on strings used to compare the graph with Keras holding the original float tables (the
+    check on ids with the dequantized ones): every float16 or int8 string model failed at atol 1e-5."""
+    keras = request.getfixturevalue(flavour)
+    if front == "StringLookup":
+        model, layer = lookup_pool_model(keras)
+        inputs = [["a", "b", "zz"], ["дом", "é", ""], ["c", "", ""]]
+    else:
+        model, layer = text_model(keras, stdlib_lines()[:200], max_tokens=300)
+        inputs = [[line] for line in multiscript_lines()]
+    report = export_keras(model, tmp_path / "m.onnx", table_dtype=table_dtype)
+    assert report.parity is not None and report.parity.exact_max_abs_diff <= 1e-5
+    rt = embed_runtime.load(tmp_path / "m.onnx", providers="cpu")
+    batch = np.array(inputs, dtype=object)
+    rows = inputs if front == "StringLookup" else [line for (line,) in inputs]
+    ids = np.asarray(layer(batch))
+    np.testing.assert_array_equal(rt.tokenize(rows)[0][:, : ids.shape[1]], ids)
+    np.testing.assert_allclose(rt.run(rows)["scores"], np.asarray(model(batch)), rtol=0, atol=5e-3)
+
+
+def test_a_wrong_graph_fails_the_string_check(k3, monkeypatch, tmp_path):
+    """Compared with Keras holding the dequantized tables, a graph that adds 1e-3 to its output (after
+    the check on ids) is off by exactly 1e-3 on strings, and is not written."""
+    model, _ = lookup_pool_model(k3)
+    right = string_lookup.move_into_graph
+
+    def shifted(state, front, spec):
+        spec, masks = right(state, front, spec)
+        graph = state.model.graph
+        for node in graph.node:
+            node.output[:] = ["scores/right" if name == "scores" else name for name in node.output]
+        graph.initializer.append(numpy_helper.from_array(np.array(1e-3, np.float32), "shift"))
+        graph.node.append(helper.make_node("Add", ["scores/right", "shift"], ["scores"]))
+        return spec, masks
+
+    monkeypatch.setattr(string_lookup, "move_into_graph", shifted)
+    with pytest.raises(ExportError, match=r"output 'scores' on strings differs from Keras by 0\.001 \(atol"):
+        export_keras(model, tmp_path / "m.onnx", table_dtype="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("verify", [True, False])
+def test_dict_outputs_keep_their_keys(flavour, verify, request, tmp_path):
+    """A string model's dict outputs named unlike their layers: the id model used to take the outputs as a
+    list, so the check on strings died with a KeyError, and without it the graph's outputs had the layer
+    names."""
+    keras = request.getfixturevalue(flavour)
+    lookup = keras.layers.StringLookup(vocabulary=["a", "b", "c"], mask_token="", name="lookup")
+    tokens = keras.Input(shape=(3,), dtype="string", name="tokens")
+    ids = lookup(tokens)
+    first = keras.layers.Embedding(5, 4, name="e1")(ids)
+    pooled = keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Embedding(6, 4, name="e2", mask_zero=True)(ids)
+    )
+    model = keras.Model(tokens, {"vectors": first, "pooled": pooled})
+    export_keras(model, tmp_path / "m.onnx", verify=verify)
+    rt = embed_runtime.load(tmp_path / "m.onnx", providers="cpu")
+    assert sorted(o.name for o in rt.outputs) == ["mask", "pooled", "vectors"]
+    rows = [["a", "zz", ""], ["c", "b", "a"]]
+    expected, got = model(np.array(rows, dtype=object)), rt.run(rows)
+    for key in ("vectors", "pooled"):
+        np.testing.assert_allclose(got[key], np.asarray(expected[key]), rtol=0, atol=1e-5)

@@ -200,6 +200,44 @@ def test_models_with_two_inputs_and_int32_ids(models: dict[str, Built], tmp_path
         assert_same(fast, slow, ids)
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype", "value"),
+    [
+        (["batch"], TensorProto.FLOAT, [0.5, 2.0]),
+        (["batch", 2, "width"], TensorProto.FLOAT, np.ones((2, 2, 3), np.float32)),
+        (["batch", 1], TensorProto.STRING, np.array([["x"], ["y"]], dtype=object)),
+    ],
+)
+def test_another_input_of_any_rank_beside_a_lookup(
+    shape: list[Any], dtype: int, value: Any, tmp_path: Path
+) -> None:
+    """The probe feeds every other input in its own shape (here passed through to an output that is no
+    lookup): the declared lookup is confirmed, not refused with a warning."""
+    table = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["t", "ids"], ["rows"], axis=0),
+             helper.make_node("Identity", ["extra"], ["extra_out"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("extra", dtype, shape)],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", "seq", 3]),
+         helper.make_tensor_value_info("extra_out", dtype, shape)],
+        initializer=[numpy_helper.from_array(table, "t")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    info = EmbeddingInfo("t", ("ids",), 40, 3, False, None, None, lookup_output="rows")
+    helper.set_model_props(
+        model, ModelMetadata(embeddings=(info,), raw={"embed_runtime.format": "1"}).to_props()
+    )
+    onnx.save(model, str(tmp_path / "extra.onnx"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LookupWarning)
+        fast = load(tmp_path / "extra.onnx")
+    assert fast.execution == "numpy lookup (rows 40x3 float32)"
+    ids = np.array([[1, 39, 0], [5, 6, 7]])
+    np.testing.assert_array_equal(fast.run({"ids": ids, "extra": value}, outputs="rows")["rows"], table[ids])
+
+
 def test_committed_models_other_than_the_seed_stay_on_onnxruntime() -> None:
     for folder in sorted((REPO / "models").iterdir()):
         if (folder / "model.onnx").exists():

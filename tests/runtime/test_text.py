@@ -21,7 +21,7 @@ from onnx import helper
 import embed_runtime
 from embed_runtime import InputTypeError, InvalidInputError, ModelLoadError, cli, conversion
 from embed_runtime.contract import KEY_TEXT, TextSpec, text_props, text_specs
-from embed_runtime.text import Tokenizer, fingerprint64
+from embed_runtime.text import GraphStrings, TextFrontEnd, Tokenizer, fingerprint64
 
 from .conftest import Built, build_model
 
@@ -232,6 +232,34 @@ def test_string_lookup_rows_of_tokens() -> None:
         replace(lookup, split="whitespace")
     with pytest.raises(ValueError, match="layer_class 'Hashing' is not one of"):
         replace(SPEC, layer_class="Hashing")
+
+
+class _Refused(Exception):
+    pass
+
+
+def _refuse(name: str, shape: tuple[int, int]) -> None:
+    raise _Refused(name, shape)
+
+
+def test_size_check_sees_the_padded_shape_before_padding() -> None:
+    """The caller's size check (the server's --max-ids) is given (rows, width) from the row lengths, and its
+    refusal stops tokenizing, for texts, rows of tokens and strings for a lookup in the graph."""
+    lookup = replace(SPEC, layer_class="StringLookup", standardize=None, split=None, mask_token="",
+                     vocabulary=("", "[UNK]", "the"))  # fmt: skip
+    rows = [["the"] * 5, ["the"]]
+    for tokenize, texts, shape in (
+        (Tokenizer(SPEC), ["the cat sat", "x"], (2, 3)),
+        (Tokenizer(replace(SPEC, output_sequence_length=9)), ["the"], (1, 9)),
+        (Tokenizer(lookup), rows, (2, 5)),
+        (GraphStrings(lookup), rows, (2, 5)),
+    ):
+        with pytest.raises(_Refused) as refused:
+            tokenize(texts, _refuse)
+        assert refused.value.args == ("text", shape)
+    front = TextFrontEnd({"text": SPEC}, ["text"])
+    with pytest.raises(_Refused):
+        front.ids({"text": ["a b"]}, _refuse)
 
 
 HASHED = replace(SPEC, layer_class="StringLookup", standardize=None, split=None, mask_token=None,

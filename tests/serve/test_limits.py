@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,11 @@ import pytest
 from embed_runtime import ConfigurationError, InferenceError, load
 from embed_runtime.serve import Limits, ServeConfig, create_app
 from embed_runtime.serve.limits import check_results
+from embed_runtime.serve.metrics import ServeMetrics
+from embed_runtime.serve.protocol import PayloadTooLargeError
+from embed_runtime.serve.served import ServedModel
 
-from .helpers import RawHttp, start_server, stop_server
+from .helpers import REPO_MODELS, RawHttp, start_server, stop_server
 
 # every model: 16 rows, 256 ids, 10,485 bytes of outputs; recommender: 4 rows; fragile: 104 bytes
 FLAGS = [
@@ -204,3 +208,23 @@ def test_admission_holds_bodies_back(launch: Any, model_paths: dict[str, Path]) 
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_long_texts_are_refused_from_their_lengths_before_padding() -> None:
+    """A few long texts among many short ones: 413 naming --max-ids from the row lengths, before the
+    ``rows x longest`` ids (and their mask) are allocated (64 MB here, 2 GiB for a 150 KB body)."""
+    runtime = load(REPO_MODELS / "text" / "model.onnx", providers="cpu")
+    model = ServedModel("text", runtime, Limits(max_ids=4096))
+    model.warm_up()
+    texts = [b"a " * 20_000] + [b"a"] * 399  # padded: 400 x 20,000 int64 ids
+    blob = b"".join(len(t).to_bytes(4, "little") + t for t in texts)
+    text = {"name": "text", "datatype": "BYTES", "shape": [len(texts)]}
+    head = json.dumps({"inputs": [{**text, "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLargeError, match=r"8,000,000 ids, over model 'text'.s limit of 4,096"):
+            model.infer(head + blob, len(head), ServeMetrics())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000, f"{peak:,} bytes allocated at the peak"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import os
 import signal
 import socket
 import subprocess
@@ -26,12 +27,14 @@ from onnx import TensorProto, helper
 
 import embed_runtime
 from embed_runtime.contract import EmbeddingInfo
+from embed_runtime.serve.metrics import MULTIPROCESS_DIR, ServeMetrics
 from embed_runtime.serve.workers import WorkerBoard
 
 from .conftest import save_model
 from .helpers import REPO_MODELS, SERVE_CLI, free_port, json_infer_http, start_server
 
 SEED = REPO_MODELS / "seed" / "model.onnx"
+IN_FLIGHT = "embed_runtime_infer_in_flight"
 MiB = 2**20
 
 
@@ -125,6 +128,41 @@ def test_board_counts_live_warm_workers_only() -> None:
     finally:
         stop.set()
         replacement.join(30)
+
+
+def test_a_warm_up_ending_after_the_worker_stopped_marks_nothing() -> None:
+    """At shutdown the app marks its worker gone while the warm-up thread may still be running: a later
+    mark(True) from that thread must not mark the stopping worker ready again."""
+    board = WorkerBoard(1)
+    board.mark(False)  # the lifespan's finally
+    board.mark(True)  # the warm-up thread, finishing afterwards
+    assert not board.all_ready()
+
+
+def _killed_mid_request(board: WorkerBoard) -> None:
+    metrics = ServeMetrics()
+    board.mark(True)
+    metrics.in_flight.inc()
+    os._exit(9)  # killed (OOM, SIGKILL) before the request ended
+
+
+def _in_flight() -> list[str]:
+    return [line for line in ServeMetrics().render().decode().splitlines() if line.startswith(IN_FLIGHT)]
+
+
+def test_a_dead_worker_s_in_flight_requests_leave_metrics_with_its_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replacement of a worker killed mid-request takes its slot and drops its in-flight gauge, which
+    the summed /metrics would show forever otherwise."""
+    monkeypatch.setenv(MULTIPROCESS_DIR, str(tmp_path))
+    board = WorkerBoard(1)
+    dead = multiprocessing.get_context("spawn").Process(target=_killed_mid_request, args=(board,))
+    dead.start()
+    dead.join(60)
+    assert dead.exitcode == 9 and _in_flight() == [f"{IN_FLIGHT} 1.0"]
+    board.mark(True)  # its replacement is warm
+    assert _in_flight() == []  # no live worker has counted a request yet: nothing to sum
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "1000"])
