@@ -38,6 +38,7 @@ and hands the graph the strings (``object`` array of ``str``), rows of tokens pa
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain, repeat
@@ -171,15 +172,25 @@ def token_rows(
     row padded with the mask token, and their width (1 for an empty batch). Raises for ragged rows when
     the layer has no mask token, and where ``check`` refuses the padded shape."""
     name = spec.input
+    empty_width = 1
     if isinstance(batch, np.ndarray) and batch.ndim == 2:
+        empty_width = batch.shape[1] or 1
         batch = batch.tolist()
     if not isinstance(batch, (list, tuple)):
         raise InputTypeError(f"input {name!r}: expected rows of tokens, found {type(batch).__name__}")
+    if any(isinstance(row, _TEXT_TYPES) for row in batch):
+        example = [[str(t, "utf-8", "replace") if isinstance(t, bytes) else t for t in batch[:3]]]
+        raise InputTypeError(
+            f"input {name!r} (layer {spec.layer!r}, StringLookup) takes rows of tokens such as {example!r}, "
+            f"not a list of texts or tokens (from the command line: --ids '{json.dumps(example)}')"
+        )
     rows = [checked_batch(row, f"{name}[{i}]", as_bytes) for i, row in enumerate(batch)]
     lengths = sorted({len(r) for r in rows})
-    width = lengths[-1] if lengths else 1
+    width = lengths[-1] if lengths else empty_width
+    if width == 0 and spec.mask_token is not None:
+        width = 1  # rows without tokens: one padding token wide, as a batch of empty texts is
     check(name, (len(rows), width))
-    if len(lengths) > 1:
+    if lengths and lengths != [width]:
         if spec.mask_token is None:
             raise InvalidInputError(
                 f"input {name!r}: rows of tokens have lengths {lengths[0]} and {width}; layer {spec.layer!r} "
@@ -214,8 +225,8 @@ def is_text(value: Any) -> bool:
         if isinstance(value, _TEXT_TYPES):
             return True
         if isinstance(value, np.ndarray):
-            return value.dtype.kind in "US" or (
-                value.dtype.kind == "O" and value.size > 0 and isinstance(value.flat[0], _TEXT_TYPES)
+            return value.dtype.kind in "US" or (  # an empty object array is an empty batch of texts
+                value.dtype.kind == "O" and (value.size == 0 or isinstance(value.flat[0], _TEXT_TYPES))
             )
         if not isinstance(value, (list, tuple)) or not value:
             return False
@@ -299,7 +310,8 @@ class TextFrontEnd:
         strings = self.graph_strings.get(name)
         if strings is not None:  # the graph takes strings only: anything else gets the text errors
             return strings(value, check)
-        return self.tokenizers[name](value, check) if name in self.tokenizers and is_text(value) else value
+        texts = is_text(value) or (isinstance(value, (list, tuple)) and not value)  # [] : no texts
+        return self.tokenizers[name](value, check) if name in self.tokenizers and texts else value
 
     def tokenize(self, texts: Any) -> tuple[Any, Any]:
         """(ids, mask) the model will see for ``texts`` (a batch, or a dict of batches by input name):

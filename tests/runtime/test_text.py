@@ -188,6 +188,15 @@ def test_run_on_strings(text_model: Built) -> None:
     assert rt.run(["cat"])["emb"].shape == (1, 1, 4)  # the session is still usable
 
 
+def test_empty_batches_of_texts_have_one_shape(text_model: Built) -> None:
+    """Found by a user test: an empty object array was refused as "ids must be integers", and ``[]`` gave
+    a (0, 0) mask where an empty str array gave (0, 1)."""
+    rt = embed_runtime.load(text_model.path)
+    for empty in ([], np.array([], dtype=object), np.array([], dtype=str), np.array([], dtype=bytes)):
+        out = rt.run(empty)
+        assert out["emb"].shape == (0, 1, 4) and out["mask"].shape == (0, 1), type(empty)
+
+
 def test_tokenize_dict_and_errors(text_model: Built, models: dict[str, Built]) -> None:
     rt = embed_runtime.load(text_model.path)
     tokens, mask = rt.tokenize({"text": ["cat"]})
@@ -330,6 +339,23 @@ def test_in_graph_lookup_takes_strings_as_keras_does(in_graph: tuple[embed_runti
     np.testing.assert_array_equal(mask, golden["mask"])
 
 
+def test_in_graph_empty_batches_and_rows(in_graph: tuple[embed_runtime.Runtime, Any]) -> None:
+    """Found by a user test: a (0, 3) batch gave a (0, 1) mask, and rows without tokens a (1, 0) one."""
+    rt, _ = in_graph
+    assert rt.run(np.zeros((0, 3), dtype=object))["mask"].shape == (0, 3)
+    assert rt.run([])["mask"].shape == (0, 1)
+    for no_tokens in ([[]], [[""]]):  # one padding token wide, as a batch of empty texts is
+        assert rt.run(no_tokens)["mask"].tolist() == [[False]]
+
+
+def test_string_lookup_takes_rows_of_tokens_not_texts(in_graph: tuple[embed_runtime.Runtime, Any]) -> None:
+    """A list of texts for a StringLookup input says what to pass, in Python and on the command line."""
+    rt, _ = in_graph
+    with pytest.raises(InputTypeError, match=r"takes rows of tokens such as \[\['the', 'cat'\]\].*"
+                       r"""--ids '\[\["the", "cat"\]\]'"""):  # fmt: skip
+        rt.run(["the", "cat"])
+
+
 def test_in_graph_ragged_rows_are_padded_with_the_mask_token(
     in_graph: tuple[embed_runtime.Runtime, Any],
 ) -> None:
@@ -350,7 +376,7 @@ def test_in_graph_ragged_rows_are_padded_with_the_mask_token(
         ([["the", b"\xff"]], InvalidInputError, r"input 'tokens\[0\]' text \[1\] is not UTF-8"),
         ([["\ud800"]], InvalidInputError, r"input 'tokens\[0\]' text \[0\] is not valid unicode"),
         ([["the", ["cat"]]], InputTypeError, r"input 'tokens\[0\]' text \[1\] is list"),
-        (["the", "cat"], InputTypeError, r"input 'tokens\[0\]' takes a batch of texts"),
+        (["the", "cat"], InputTypeError, r"input 'tokens' \(layer .*, StringLookup\) takes rows of tokens"),
         (7, InputTypeError, r"input 'tokens': expected rows of tokens, found int"),
     ],
 )
