@@ -89,12 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             table_dtype=args.table_dtype,
         )
         print(report)
-        if report.parity is not None and report.parity.tables:
-            print(
-                f"  vs Keras with the dequantized tables: max |diff| {report.parity.exact_max_abs_diff:.1e}"
-            )
-            for table in report.parity.tables:
-                print(f"  {table}")
         if args.format == "ort":
             from .mobile import to_ort
 

@@ -130,7 +130,9 @@ def test_cli_table_dtype(model, tmp_path, capsys):
     saved = tmp_path / "m.keras"
     model.save(saved)
     assert embed_export([str(saved), "-o", str(tmp_path / "m.onnx"), "--table-dtype", "int8"]) == 0
-    assert "table emb as int8: 5000 rows" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("table emb as int8: 5000 rows") == 1, out  # the report's lines, each printed once
+    assert out.count("dequantized tables: max |diff|") == 1, out
     assert embed_runtime.load(tmp_path / "m.onnx").metadata.embeddings[0].table_dtype == "int8"
 
 
