@@ -140,7 +140,7 @@ class Tokenizer:
         module docstring for what ``texts`` may be. ``check`` is given the padded shape first."""
         if self.spec.layer_class == "StringLookup":
             return self._lookup_rows(texts, check)
-        texts = utf8_batch(texts, self.spec.input)
+        texts = checked_batch(texts, self.spec.input, as_bytes=True)
         if self.spec.split == "whitespace":  # the common case, without a call per text
             table, delete = self._table, self._delete
             rows = [text.translate(table, delete).split() for text in texts]
@@ -232,11 +232,6 @@ def is_text(value: Any) -> bool:
             return False
         value = value[0]
     return False
-
-
-def utf8_batch(texts: Any, name: str) -> list[bytes]:
-    """The UTF-8 bytes of each text of a batch; raises naming input ``name`` and the bad position."""
-    return checked_batch(texts, name, as_bytes=True)
 
 
 def checked_batch(texts: Any, name: str, as_bytes: bool) -> list[Any]:

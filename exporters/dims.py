@@ -17,18 +17,21 @@ def sequence_dim(input_name: str, lengths: dict[str, int | None]) -> int | str:
     return "sequence" if len(lengths) == 1 else f"{input_name}_sequence"
 
 
+def _set_dim(dim: onnx.TensorShapeProto.Dimension, value: int | str) -> None:
+    """Make ``dim`` the size ``value`` (an int) or the axis name ``value`` (a str)."""
+    dim.Clear()
+    if isinstance(value, int):
+        dim.dim_value = value
+    else:
+        dim.dim_param = value
+
+
 def set_io_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
     """Name the axes: inputs ``(batch, sequence_dim)``; outputs' first axis ``batch``."""
     for inp in model.graph.input:
         dims = inp.type.tensor_type.shape.dim
-        dims[0].Clear()
-        dims[0].dim_param = "batch"
-        dims[1].Clear()
-        seq = sequence_dim(inp.name, lengths)
-        if isinstance(seq, int):
-            dims[1].dim_value = seq
-        else:
-            dims[1].dim_param = seq
+        _set_dim(dims[0], "batch")
+        _set_dim(dims[1], sequence_dim(inp.name, lengths))
     inferred = _inferred_output_dims(model)
     for out in model.graph.output:
         dims = out.type.tensor_type.shape.dim
@@ -36,14 +39,9 @@ def set_io_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
         if better is not None and len(better) == len(dims):
             for dim, new in zip(dims, better):
                 if dim.dim_param.startswith("unk__") and new is not None:
-                    dim.Clear()
-                    if isinstance(new, int):
-                        dim.dim_value = new
-                    else:
-                        dim.dim_param = new
+                    _set_dim(dim, new)
         if dims:
-            dims[0].Clear()
-            dims[0].dim_param = "batch"
+            _set_dim(dims[0], "batch")
 
 
 def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
@@ -82,8 +80,7 @@ def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -
                 continue
             match = [n for n in dynamic if all(shapes[i][axis] == trial[n] for trial, shapes in runs)]
             if len(match) == 1:
-                dim.Clear()
-                dim.dim_param = str(sequence_dim(match[0], lengths))
+                _set_dim(dim, str(sequence_dim(match[0], lengths)))
 
 
 def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -305,10 +306,8 @@ def build_app(args: argparse.Namespace, workers: WorkerBoard | None = None) -> S
     ``--workers N``, which gives its :class:`~embed_runtime.serve.workers.WorkerBoard`)."""
     limits, model_limits = limits_from_args(args)
     batching, model_batching = batching_from_args(args)
-    models = {
-        name: load(path, providers=args.providers, threads=args.threads)
-        for name, path in model_specs(args.models).items()
-    }
+    loader = functools.partial(load, providers=args.providers, threads=args.threads)
+    models = {name: loader(path) for name, path in model_specs(args.models).items()}
     config = ServeConfig(
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_concurrency=args.max_concurrency,
@@ -323,9 +322,7 @@ def build_app(args: argparse.Namespace, workers: WorkerBoard | None = None) -> S
     )
     repository = None
     if args.model_repository is not None:
-        repository = ModelRepository(
-            args.model_repository, lambda path: load(path, providers=args.providers, threads=args.threads)
-        )
+        repository = ModelRepository(args.model_repository, loader)
     return create_app(models, config, repository, workers)
 
 

@@ -99,11 +99,18 @@ def _inputs(module: Any, feeds: dict[str, np.ndarray]) -> list:
     return tensors
 
 
-def _errors(call_grpc, call_rest) -> tuple[InferenceServerException, InferenceServerException]:
+def _errors(
+    client: grpcclient.InferenceServerClient,
+    rest: httpclient.InferenceServerClient,
+    model: str,
+    feeds: dict[str, np.ndarray],
+    **options: Any,
+) -> tuple[InferenceServerException, InferenceServerException]:
+    """Send the same failing request over gRPC and over REST; return both errors."""
     with pytest.raises(InferenceServerException) as over_grpc:
-        call_grpc()
+        client.infer(model, _inputs(grpcclient, feeds), **options)
     with pytest.raises(InferenceServerException) as over_rest:
-        call_rest()
+        rest.infer(model, _inputs(httpclient, feeds), **options)
     return over_grpc.value, over_rest.value
 
 
@@ -212,10 +219,7 @@ def test_malformed_requests_are_invalid_argument(stub, build, message: str) -> N
 
 def test_bad_ids_are_invalid_argument_with_the_rest_message(client, rest) -> None:
     ids = {"input_ids": np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 5000]], dtype=np.int64)}
-    over_grpc, over_rest = _errors(
-        lambda: client.infer("seed", _inputs(grpcclient, ids)),
-        lambda: rest.infer("seed", _inputs(httpclient, ids)),
-    )
+    over_grpc, over_rest = _errors(client, rest, "seed", ids)
     assert over_grpc.status() == "StatusCode.INVALID_ARGUMENT" and over_rest.status() == "400"
     assert "id 5000" in over_grpc.message()
     assert over_grpc.message() == over_rest.message()
@@ -224,10 +228,7 @@ def test_bad_ids_are_invalid_argument_with_the_rest_message(client, rest) -> Non
 @pytest.mark.parametrize(("model", "version"), [("nope", ""), ("seed", "2")])
 def test_unknown_model_or_version_is_not_found(client, rest, model: str, version: str) -> None:
     ids = {"input_ids": np.zeros((1, 10), np.int64)}
-    over_grpc, over_rest = _errors(
-        lambda: client.infer(model, _inputs(grpcclient, ids), model_version=version),
-        lambda: rest.infer(model, _inputs(httpclient, ids), model_version=version),
-    )
+    over_grpc, over_rest = _errors(client, rest, model, ids, model_version=version)
     assert over_grpc.status() == "StatusCode.NOT_FOUND" and over_rest.status() == "404"
     assert over_grpc.message() == over_rest.message()
     with pytest.raises(InferenceServerException) as info:
@@ -237,10 +238,7 @@ def test_unknown_model_or_version_is_not_found(client, rest, model: str, version
 
 def test_over_a_limit_is_resource_exhausted(client, rest) -> None:
     ids = {"input_ids": np.zeros((MAX_BATCH + 1, 10), np.int64)}
-    over_grpc, over_rest = _errors(
-        lambda: client.infer("seed", _inputs(grpcclient, ids)),
-        lambda: rest.infer("seed", _inputs(httpclient, ids)),
-    )
+    over_grpc, over_rest = _errors(client, rest, "seed", ids)
     assert over_grpc.status() == "StatusCode.RESOURCE_EXHAUSTED" and over_rest.status() == "413"
     assert "--max-batch" in over_grpc.message()
     assert over_grpc.message() == over_rest.message()
