@@ -140,9 +140,9 @@ def split_front(model: Any) -> TextFront | None:
         ]
         if lookups:  # tf2onnx would leave its hash table in the graph, which onnxruntime cannot run
             raise ExportError(
-                f"layer {lookups[0].name!r} (IntegerLookup) is not supported yet; the supported lookup layers "
-                f"are {' and '.join(_SUPPORTED)} reading the model's string input. Run the IntegerLookup in "
-                "your input pipeline and export the model from the ids it produces"
+                f"layer {lookups[0].name!r} (IntegerLookup) sits inside a nested model; the exporter puts an "
+                "IntegerLookup in the graph only when it is a layer of the exported model itself. Call it in "
+                "the outer model, or run it in your input pipeline and export the model from its ids"
             )
         return None
     if len(tensors) != 1:

@@ -100,6 +100,17 @@ def test_unsupported_options_are_refused(flavour, options, message, request):
         in_graph(model)
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_nested_integer_lookup_is_refused_saying_where_it_sits(flavour, request, tmp_path):
+    """It used to say IntegerLookup "is not supported yet", though a top-level one is put in the graph."""
+    keras = request.getfixturevalue(flavour)
+    inner, _ = lookup_model(keras, vocabulary=[10, 20, 30])
+    codes = keras.Input(shape=(4,), dtype="int64", name="outer_codes")
+    model = keras.Model(codes, inner(codes))
+    with pytest.raises(ExportError, match=r"layer 'codes_lookup' \(IntegerLookup\) sits inside a nested model"):
+        export_keras(model, tmp_path / "m.onnx")
+
+
 def test_too_wide_a_vocabulary_is_refused(k3):
     model, _ = lookup_model(k3, vocabulary=[-(10**12), 10**12])
     with pytest.raises(ExportError, match=r"spans ids -1000000000000\.\.1000000000000"):
