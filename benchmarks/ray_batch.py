@@ -8,6 +8,7 @@ the ids in memory), ``one process, same job`` (Parquet in, ``run_batched``, Parq
 ``embed-runtime batch`` in a subprocess with its own local Ray (1 actor at all rows and at a tenth: fixed
 start-up and marginal rate; for ``--model`` also 2 actors at 0.5 CPU), each actor's memory sampled from
 ``/proc/<pid>/smaps_rollup``, the first output checked against one process. Last, :func:`shared_table`.
+The figures and the doc's section are written by ``benchmarks/ray_batch_report.py``.
 
     python benchmarks/ray_batch.py --rounds 3                     # 1,000,000 x 32, both models, the doc
     python benchmarks/ray_batch.py --rows 100000 --rounds 1 --compute-model '' --no-doc
@@ -22,9 +23,7 @@ import argparse
 import json
 import logging
 import os
-import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,6 @@ os.environ.update(RAY_ENV)
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
@@ -55,19 +53,24 @@ from embed_runtime.contract import EmbeddingInfo, ModelMetadata  # noqa: E402
 from embed_runtime.scale import Predictor  # noqa: E402
 from embed_runtime.scale.columns import arrow_ids, arrow_rows  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report beside this script, run as a file too
+from ray_batch_report import (  # noqa: E402
+    BATCH,
+    MIB,
+    ONE_ACTOR,
+    ONE_COMPUTE,
+    ONE_JOB,
+    SMALL,
+    TWO_ACTORS,
+    Runs,
+    figures,
+    write_doc,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "scale-out.md"
-BEGIN, END = "<!-- figures: benchmarks/ray_batch.py -->", "<!-- /figures -->"
-MIB = 1 << 20
-BATCH = 8192
 WORKER = "MapBatches(Predictor)"
-ONE_COMPUTE, ONE_JOB = "one process, compute", "one process, same job"
-"""The two baselines: ``run_batched`` on ids in memory; Parquet in, ``run_batched``, Parquet out."""
-ONE_ACTOR, TWO_ACTORS = "embed-runtime batch, 1 actor", "embed-runtime batch, 2 actors x 0.5 CPU"
-SMALL = "embed-runtime batch, 1 actor, a tenth of the rows"
 Contender = Callable[[int], dict[str, Any]]
 """One timed run (its round as argument): ``rows``, ``s`` and what else it measured."""
-Runs = dict[str, list[dict[str, Any]]]
 
 
 def memory(pid: int | str = "self") -> dict[str, int]:
@@ -257,94 +260,6 @@ def rounds(contenders: dict[str, Contender], count: int) -> Runs:
     return results
 
 
-def _rates(results: list[dict[str, Any]]) -> list[float]:
-    return [r["rows"] / r["s"] for r in results]
-
-
-def split_fixed(big: list[dict[str, Any]], small: list[dict[str, Any]]) -> tuple[float, float]:
-    """Fixed start-up seconds and marginal rows/s of the command, from the medians at two sizes."""
-    t_big, t_small = (statistics.median(r["s"] for r in rs) for rs in (big, small))
-    marginal = (big[0]["rows"] - small[0]["rows"]) / (t_big - t_small)
-    return t_small - small[0]["rows"] / marginal, marginal
-
-
-def model_figures(model: str, runs: Runs) -> list[str]:
-    """One model's table (each contender against that model's two one-process baselines) and the
-    command's fixed start-up and marginal rate."""
-    mine = {name.partition(": ")[2]: rs for name, rs in runs.items() if name.startswith(f"{model}: ")}
-    rate = {name: statistics.median(_rates(rs)) for name, rs in mine.items()}
-    job, compute = rate[ONE_JOB], rate[ONE_COMPUTE]
-    fixed, marginal = split_fixed(mine[ONE_ACTOR], mine[SMALL])
-    lines = [
-        f"Model `{model}`:",
-        "",
-        f"| contender | rows | rows/s | min - max | vs {ONE_JOB} | vs {ONE_COMPUTE} |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, rs in mine.items():
-        each = _rates(rs)
-        lines.append(
-            f"| {name} | {rs[0]['rows']:,} | {rate[name]:,.0f} | {min(each):,.0f} - {max(each):,.0f} | "
-            f"{rate[name] / job:.0%} | {rate[name] / compute:.0%} |"
-        )
-    return [
-        *lines,
-        "",
-        f"From the 1-actor runs at {mine[SMALL][0]['rows']:,} and {mine[ONE_ACTOR][0]['rows']:,} rows: a "
-        f"fixed start-up of **{fixed:.1f} s** and a marginal **{marginal:,.0f} rows/s** "
-        f"(**{marginal / job:.0%}** of one process doing the same job, {marginal / compute:.0%} of its "
-        "compute alone).",
-        "",
-    ]
-
-
-def figures(args: argparse.Namespace, runs: Runs, shared: dict[str, Any]) -> str:
-    """The Markdown of the figures section."""
-    lines = [
-        f"Measured by `python benchmarks/ray_batch.py --rows {args.rows} --length {args.length} --rounds "
-        f"{args.rounds}` on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}, "
-        f"{platform.system()} {platform.release()}; a VM shared with other work: load average "
-        f"{args.load:.1f} before the run), batches of {BATCH:,} rows, {args.length} ids a row; Python "
-        f"{platform.python_version()}, Ray {ray.__version__}, pyarrow {pa.__version__}, onnxruntime "
-        f"{onnxruntime.__version__}. Medians of {args.rounds} interleaved rounds (min - max). "
-        f"`{ONE_COMPUTE}`: `run_batched` over the ids already in one array; `{ONE_JOB}`: read the Parquet, "
-        "`run_batched`, write the same columns as Parquet. The command's figure is its own: read -> "
-        "predict -> write inside Ray, Ray's start excluded; the whole command adds Python, Ray's start "
-        "and stop.",
-        "",
-    ]
-    for model in dict.fromkeys(name.partition(": ")[0] for name in runs):
-        lines += model_figures(model, runs)
-    lines += [
-        "Each actor's peak memory during the command (MiB):",
-        "",
-        "| run | actor | peak RSS | peak anonymous |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, rs in runs.items():
-        for i, r in enumerate(rs):
-            for j, actor in enumerate(r.get("actors", [])):
-                lines.append(
-                    f"| {name}, round {i + 1} | {j + 1} | {actor['rss'] / MIB:.0f} | {actor['anonymous'] / MIB:.0f} |"
-                )
-    size = shared["table_bytes"] / MIB
-    lines += [
-        "",
-        f"Shared table: a {size:.0f} MiB external-data table, 2 actors, each looking up every 4 KiB page "
-        "(MiB; growth from before the model loads to after the actor's last batch):",
-        "",
-        "| actor | anonymous growth | file-backed growth | Pss of files after | anonymous total |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for j, actor in enumerate(shared["actors"]):
-        lines.append(
-            f"| {j + 1} | {actor['anonymous'] / MIB:.1f} ({actor['anonymous'] / shared['table_bytes']:.0%} of "
-            f"the table) | {actor['file'] / MIB:.0f} | {actor['pss_file'] / MIB:.0f} | "
-            f"{actor['anonymous_total'] / MIB:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def contenders(args: argparse.Namespace, model: str, folder: Path, scaling: bool) -> dict[str, Contender]:
     """One model's contenders on its own ids (``model: contender`` names); ``scaling`` adds 2 actors.
     The first 1-actor run's output is checked against one process."""
@@ -417,10 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "shared": shared}, indent=1))
     if not args.no_doc:
-        doc = DOC.read_text()
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        write_doc(text)
     return 0
 
 

@@ -6,9 +6,10 @@ Every model lives in ``models/<name>/``: ``__init__.py`` (its :class:`ModelInfo`
 :class:`models._common.Recipe`; ``build_and_train`` and ``golden_inputs`` come from it), and the committed
 artifacts ``model.onnx`` (exported with :func:`exporters.export_keras`) and ``golden.npz`` (inputs, Keras
 outputs and masks). The ``text`` model takes strings: its ``train.py`` trains on them itself and its
-``texts.json`` holds the golden strings, whose Keras ids ``golden.npz`` records. ``models/_common.py`` is the generic trainer: seeding, fit, golden inputs, export and
-record. ``python -m models.<name>.train`` or ``python -m models.build`` regenerates the artifacts; reading
-them needs no TensorFlow, training and exporting need the ``export`` extra.
+``texts.json`` holds the golden strings, whose Keras ids ``golden.npz`` records. ``models/_common.py`` is
+the generic trainer: seeding, fit, golden inputs, export and record. ``python -m models.<name>.train`` or
+``python -m models.build`` regenerates the artifacts; reading them needs no TensorFlow, training and
+exporting need the ``export`` extra.
 
 :data:`NAMES` and :func:`info` describe each model without importing TensorFlow.
 """
