@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks._docs import heading_span
 from benchmarks.text_speed import HEADING as TEXT_HEADING
 from embed_runtime.timing import (
     FLOOR,
@@ -307,10 +308,9 @@ def write_report(results: dict[str, Any], docs: Path) -> str:
     text = "\n".join(lines)
     path = docs / "benchmarks.md"
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    kept = old.find(TEXT_HEADING + "\n")  # benchmarks/text_speed.py's section: its own script rewrites it
-    if kept >= 0:
-        end = old.find("\n## ", kept + len(TEXT_HEADING))
-        text = text.rstrip("\n") + "\n\n" + old[kept : end + 1 if end >= 0 else len(old)]
+    kept = heading_span(old, TEXT_HEADING)  # benchmarks/text_speed.py's section: its own script rewrites it
+    if kept is not None:
+        text = text.rstrip("\n") + "\n\n" + old[kept[0] : kept[1]]
     path.write_text(text)
     plot(results, docs / "benchmarks.png")
     return text

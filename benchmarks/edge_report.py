@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _docs import write_between
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "edge.md"
@@ -138,17 +139,6 @@ def section(rows: Sequence[Row], notes: str) -> str:
     )
 
 
-def replace_section(doc: str, text: str) -> str:
-    """``doc`` with the text between the markers replaced by ``text``; markers appended when absent."""
-    if BEGIN not in doc:
-        return f"{doc.rstrip()}\n\n{BEGIN}\n{text.strip()}\n{END}\n"
-    head, _, rest = doc.partition(BEGIN)
-    if END not in rest:
-        raise ValueError(f"{BEGIN!r} has no closing {END!r}; fix the markers by hand")
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}"
-
-
 def target_text(rows: Sequence[Row]) -> str:
     """Which artifacts meet the 1x16 target (ours no slower than LiteRT) and why the others miss it."""
     groups = [(m, d, g) for m, d, g in paired(rows)]
@@ -221,4 +211,4 @@ def write_doc(
     """Write the plot and replace the section in ``doc``, re-read right before writing."""
     plot(rows, image)
     text = section(rows, notes_text(rows, seconds, variants))
-    doc.write_text(replace_section(doc.read_text(), text))
+    write_between(doc, BEGIN, END, text)

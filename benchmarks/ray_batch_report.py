@@ -14,6 +14,7 @@ from typing import Any
 import onnxruntime
 import pyarrow as pa
 import ray
+from _docs import write_between
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "scale-out.md"
@@ -117,7 +118,4 @@ def figures(args: argparse.Namespace, runs: Runs, shared: dict[str, Any]) -> str
 
 def write_doc(text: str) -> None:
     """Replace the figures section of docs/scale-out.md (between its markers) with ``text``."""
-    doc = DOC.read_text()
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    write_between(DOC, BEGIN, END, text)

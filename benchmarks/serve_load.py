@@ -12,7 +12,8 @@ MODEL defaults to models/seed/model.onnx when present, else a stand-in model (a 
 built. The reference server (``--reference-server``, started by this script) speaks only the binary
 tensor subset the load uses: it parses the JSON header, wraps the raw ids, runs onnxruntime in a worker
 thread under the same concurrency limit, and returns raw outputs; the ratio of the two shows what the
-full server (validation, V2 codec, metrics) costs.
+full server (validation, V2 codec, metrics) costs. Ours runs with dynamic batching off there (the
+reference does not batch); ``--batching`` adds a line with it on (``auto``: the server's default).
 """
 
 from __future__ import annotations
@@ -133,11 +134,14 @@ def start(command: list[str], port: int) -> subprocess.Popen:
     raise RuntimeError(f"{command} did not start")
 
 
-def serve_command(model: str, port: int, max_concurrency: int) -> list[str]:
-    """``embed-runtime serve MODEL`` on ``port``, quiet."""
+def serve_command(model: str, port: int, max_concurrency: int, batching: str = "off") -> list[str]:
+    """``embed-runtime serve MODEL`` on ``port``, quiet, with ``--max-batch-size`` ``batching`` (``N[:US]``
+    adds ``--max-queue-delay-us US``)."""
+    size, _, delay = batching.partition(":")
     return [
         *(sys.executable, "-m", "embed_runtime.serve", model, "--port", str(port), "--no-access-log"),
-        *("--max-concurrency", str(max_concurrency), "--log-level", "warning"),
+        *("--max-concurrency", str(max_concurrency), "--log-level", "warning", "--max-batch-size", size),
+        *(["--max-queue-delay-us", delay] if delay else []),
     ]
 
 
@@ -305,8 +309,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--batching",
-        metavar="N[:US]",
-        help="also load our server with dynamic batching: --max-batch-size N --max-queue-delay-us US",
+        metavar="N[:US]|auto",
+        help="also load our server with dynamic batching: --max-batch-size N --max-queue-delay-us US, or "
+        "--max-batch-size auto (the server's default; the other line has batching off)",
     )
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--reference-server", metavar="MODEL", help=argparse.SUPPRESS)
@@ -355,14 +360,12 @@ def main() -> int:
             str(args.max_concurrency),
         ]
         servers = {
-            "embed-runtime serve": (ours_cmd, ours_port),
+            "embed-runtime serve --max-batch-size off": (ours_cmd, ours_port),
             "reference (Starlette + onnxruntime)": (ref_cmd, ref_port),
         }
         if args.batching:
-            size, _, delay = args.batching.partition(":")
             batch_port = free_port()
-            batch_cmd = serve_command(f"{name}={path}", batch_port, args.max_concurrency)
-            batch_cmd += ["--max-batch-size", size, *(["--max-queue-delay-us", delay] if delay else [])]
+            batch_cmd = serve_command(f"{name}={path}", batch_port, args.max_concurrency, args.batching)
             servers[f"embed-runtime serve, batching {args.batching}"] = (batch_cmd, batch_port)
         runs: dict[str, list[dict]] = {label: [] for label in servers}
         for round_ in range(args.rounds):  # ABBA order, so drift in the machine's load hits both alike
@@ -377,7 +380,17 @@ def main() -> int:
         "rounds": args.rounds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "versions": {
-            p: version(p) for p in ("embed-runtime", "onnxruntime", "numpy", "starlette", "uvicorn", "h11")
+            p: version(p)
+            for p in (
+                "embed-runtime",
+                "onnxruntime",
+                "numpy",
+                "starlette",
+                "uvicorn",
+                "httptools",
+                "uvloop",
+                "orjson",
+            )
         }
         | {"python": platform.python_version()},
         "results": results,

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from _docs import write_between
 from serve_load import ROOT, _client, _load, free_port
 
 import embed_runtime
@@ -112,17 +113,22 @@ class Server:
 def start_ours(name: str, path: Path, workers: int, batch: tuple[int, float] | None = None) -> Server:
     """``embed-runtime serve`` with its defaults but ``--workers`` and, with ``batch`` (rows, seconds),
     dynamic batching of up to that many rows in as many slots, waiting up to that long for a batch to
-    fill (``--max-batch-size --max-concurrency --max-queue-delay-us``), quiet."""
+    fill (``--max-batch-size --max-concurrency --max-queue-delay-us``), no access log. With the default
+    ``--max-batch-size auto``, the label says what the server's warm-up decided (from its log)."""
     rest, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "embed_runtime.serve", f"{name}={path}", "--port", str(rest)]
-    command += ["--grpc-port", str(grpc_port), "--no-access-log", "--log-level", "warning"]
+    command += ["--grpc-port", str(grpc_port), "--no-access-log", "--log-level", "info"]
     command += ["--workers", str(workers)]
     label = "embed-runtime serve" + (f" --workers {workers}" if workers > 1 else "")
     if batch:
         command += ["--max-batch-size", str(batch[0]), "--max-concurrency", str(batch[0])]
         command += ["--max-queue-delay-us", str(round(batch[1] * 1e6))]
         label += f", batching {batch[0]}"
-    return Server(label, command, None, rest, grpc_port)
+    server = Server(label, command, None, rest, grpc_port)
+    if not batch:
+        on = f"model {name!r}: dynamic batching on" in server.log.read_text()
+        server.label += f" (auto: batching {'on' if on else 'off'})"
+    return server
 
 
 def start_mlserver(
@@ -346,13 +352,6 @@ def markdown(result: dict, context: str) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    """Put ``text`` between the markers in ``docs/serve.md``."""
-    doc = DOCS.read_text()
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    DOCS.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``serve_load.py``'s options for the side by side."""
     parser.add_argument(
@@ -393,7 +392,7 @@ def main(args: argparse.Namespace) -> int:
     text = markdown(result, context)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        write_between(DOCS, BEGIN, END, text)
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `models` is a folder of the repository
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._docs import heading_span  # noqa: E402
+
 DOCS = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Text in: strings through the runtime vs Keras"
 SENTENCES = 10_000
@@ -189,12 +191,8 @@ def write(text: str, docs: Path = DOCS) -> None:
     """Put ``text`` into ``docs`` in place of its :data:`HEADING` section (up to the next ``## ``), or at
     the end; everything else is kept."""
     old = docs.read_text(encoding="utf-8")
-    start = old.find(HEADING + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    span = heading_span(old, HEADING)
+    new = old.rstrip("\n") + "\n\n" + text if span is None else old[: span[0]] + text + old[span[1] :]
     docs.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
 
 

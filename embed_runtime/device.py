@@ -36,7 +36,7 @@ import onnxruntime as ort
 
 from .errors import InferenceError, InputTypeError, InvalidInputError, first_line
 from .inputs import check_shape, check_shared_dims, prepare
-from .tensors import TensorInfo, batch_axes
+from .tensors import TensorInfo, check_batch_rows
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -120,9 +120,9 @@ def _device_value(value: Any, info: TensorInfo, where: str, trusted: bool) -> An
     return ortvalue
 
 
-def _shape_only(ortvalue: Any, info: TensorInfo) -> np.ndarray:
-    """A zero-strided array with the shape of a device input, so that the shape rules can read it."""
-    return np.broadcast_to(np.zeros((), info.dtype), tuple(ortvalue.shape()))
+def _shape_only(ortvalue: Any) -> np.ndarray:
+    """A zero-strided array with the shape of an ``OrtValue``, so that the shape rules can read it."""
+    return np.broadcast_to(np.zeros((), np.bool_), tuple(ortvalue.shape()))
 
 
 def split_inputs(
@@ -153,7 +153,7 @@ def split_inputs(
             f"single_sequence; got {', '.join(map(repr, items))}"
         )
     feeds = {name: prepare(value, infos[name]) for name, value in host.items()}
-    shapes = {name: _shape_only(value, infos[name]) for name, value in device.items()}
+    shapes = {name: _shape_only(value) for name, value in device.items()}
     for name, shape in shapes.items():
         check_shape(shape, infos[name])
     check_shared_dims({**feeds, **shapes}, rt.inputs)
@@ -191,13 +191,10 @@ def run_on_device(
             f"{kind}:{index}: {first_line(exc)}{hint}"
         ) from exc
     values = dict(zip(names, binding.get_outputs()))
-    rows = {name: a.shape[0] for name, a in feeds.items() if a.ndim}
-    rows.update((name, int(v.shape()[0])) for name, v in on_device.items() if len(v.shape()))
-    for output, graph_input in batch_axes(rt.inputs, rt.outputs):
-        got = values.get(output)
-        if got is not None and graph_input in rows and list(got.shape())[:1] != [rows[graph_input]]:
-            raise InferenceError(
-                f"onnxruntime returned shape {got.shape()} for {output!r} from {rows[graph_input]} rows of "
-                f"{graph_input!r} in {rt.path.name}; refusing a result with a different batch"
-            )
+    check_batch_rows(
+        {name: _shape_only(value) for name, value in values.items()},
+        {**feeds, **{name: _shape_only(value) for name, value in on_device.items()}},
+        rt._batch_axes,
+        rt.path.name,
+    )
     return DeviceOutputs(values, binding, f"{kind}:{index}")

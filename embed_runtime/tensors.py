@@ -151,7 +151,8 @@ def check_batch_rows(
         if got is not None and got.shape[:1] != sent.shape[:1]:
             raise InferenceError(
                 f"onnxruntime returned {got.shape[0] if got.ndim else 'no'} rows of {output!r} for "
-                f"{sent.shape[0]} rows of {graph_input!r} in {model}; refusing a result with a different batch"
+                f"{sent.shape[0]} rows of {graph_input!r} in {model} (shape {got.shape}); refusing a result "
+                "with a different batch"
             )
 
 

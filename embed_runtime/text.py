@@ -196,7 +196,7 @@ def token_rows(
                 f"input {name!r}: rows of tokens have lengths {lengths[0]} and {width}; layer {spec.layer!r} "
                 "has no mask token to pad them with, so rows must have one length"
             )
-        pad = spec.mask_token.encode("utf-8") if as_bytes else spec.mask_token
+        pad = spec.mask_token.encode("utf-8", "surrogatepass") if as_bytes else spec.mask_token
         rows = [row + [pad] * (width - len(row)) for row in rows]
     return rows, width
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from .keras_model import KerasModelInfo, describe, load_model
 from .passes import PASSES, ExportState
 from .report import ExportReport, make_report
 from .tracing import make_tf_function
-from .verify import Parity, check_rewrite, compare, compare_compact
+from .verify import MeasuredTable, Parity, check_rewrite, compare, compare_compact, measure_tables
 from .writers import check_destination, open_writer
 
 EXPORTER_VERSION = __version__
@@ -112,9 +113,11 @@ def export_keras(
         for rewrite_pass in PASSES:
             rewrite_pass(state)
     with open_writer(out, state.model, state.stand_ins) as writer:
-        checks = run_checks(state, writer.session(state.model), atol, seed) if verify else None
+        measured = measure_tables(state.keras, state.compact, table_dtype) if verify else []
+        checks = run_checks(state, writer.session(state.model), atol, seed, measured) if verify else None
         if front is not None:  # the lookup into the graph where it is exact; then Keras on strings
-            text_specs = text.finish(front, state, text_specs[0], writer.session if verify else None, atol)
+            session_of = writer.session if verify else None
+            text_specs = text.finish(front, state, text_specs[0], session_of, atol, measured)
         versions = finalize(state, checks[0] if checks else None, text_props(text_specs))
         written = writer.write(state.model)
     return make_report(out, keras.flavour, state.model, state.embeddings, checks, versions, written, start)
@@ -137,12 +140,15 @@ def build(
     return ExportState(keras, raw, model, table_names, stand_ins, table_dtype=table_dtype)
 
 
-def run_checks(state: ExportState, session: Any, atol: float, seed: int) -> tuple[Parity, float]:
+def run_checks(
+    state: ExportState, session: Any, atol: float, seed: int, measured: Sequence[MeasuredTable]
+) -> tuple[Parity, float]:
     """The export's checks, run once: parity with the Keras model of ``session``, the graph as the writer
     will store it (:meth:`exporters.writers.Writer.session`; :func:`exporters.verify.compare`, or
     :func:`~exporters.verify.compare_compact` with compact tables), then the rewrite check of the graph in
     memory (stand-in tables inline, as in the raw graph) against tf2onnx's, its compacted tables
-    dequantized (:func:`exporters.verify.check_rewrite`).
+    dequantized (:func:`exporters.verify.check_rewrite`). ``measured``: the compact tables as
+    :func:`exporters.verify.measure_tables` measured them, once for these checks and the text check.
 
     Returns (parity, rewrite difference); raises :class:`ExportError` when either fails.
     """
@@ -152,7 +158,7 @@ def run_checks(state: ExportState, session: Any, atol: float, seed: int) -> tupl
     def compare_at(tolerance: float) -> Parity:
         return compare(state.keras, session, state.masks, embeddings, input_dims, tolerance, seed)
 
-    compact = state.keras, state.compact, state.table_dtype
+    compact = state.keras, measured, state.table_dtype
     parity = compare_compact(*compact, compare_at, atol) if state.compact else compare_at(atol)
     raw_dims = large.stand_in_input_dims(embeddings, state.stand_ins)
     raw = quantize.reference_raw(state.raw, state.compact)

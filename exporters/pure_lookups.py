@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from .quantize import scale_name
+from .rewrite import producers_of
 
 if TYPE_CHECKING:
     from .passes import ExportState
@@ -37,7 +38,7 @@ class _Graph:
     """The top-level producers and initializer shapes of one graph."""
 
     def __init__(self, graph: onnx.GraphProto):
-        self.producers = {out: node for node in graph.node for out in node.output}
+        self.producers = producers_of(graph)
         self.shapes = {init.name: list(init.dims) for init in graph.initializer}
         self.inputs = {i.name for i in graph.input}
 

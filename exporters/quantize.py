@@ -265,7 +265,7 @@ def _scale_lookup(
     div = _reader(graph, cast.output[0], "Div") if cast else None
     if cast is None or div is None or div.input[0] != cast.output[0]:
         return None
-    producers = {out: n for n in graph.node for out in n.output}
+    producers = rewrite.producers_of(graph)
     unsqueeze = producers.get(div.input[1])
     if unsqueeze is None or unsqueeze.op_type != "Unsqueeze":
         return None

@@ -96,7 +96,8 @@ def lookups(model: onnx.ModelProto, table_name: str) -> list[onnx.NodeProto]:
     return found
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+def producers_of(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """``{value name: the node of graph that outputs it}``, for the top-level nodes of ``graph``."""
     return {out: node for node in graph.node for out in node.output}
 
 
@@ -105,7 +106,7 @@ def _index_chain(model: onnx.ModelProto, indices: str) -> tuple[str, list[onnx.N
 
     None when the indices depend on more than one input or pass through an op outside INDEX_OPS.
     """
-    producers = _producers(model.graph)
+    producers = producers_of(model.graph)
     weights = {init.name for init in model.graph.initializer}
     graph_inputs = {inp.name for inp in model.graph.input}
     sources: set[str] = set()
@@ -231,7 +232,7 @@ def rename(model: onnx.ModelProto, old: str, new: str) -> None:
 
 def remove_dead(model: onnx.ModelProto) -> None:
     """Drop nodes and initializers that no graph output depends on, and unused opset domains."""
-    producers = _producers(model.graph)
+    producers = producers_of(model.graph)
     needed = {out.name for out in model.graph.output}
     live: set[int] = set()
     queue = deque(needed)

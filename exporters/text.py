@@ -28,7 +28,7 @@ from . import string_lookup
 from .errors import ExportError
 from .keras_model import KERAS3, IdInput, KerasModelInfo, _readable_input_names, flavour_of
 from .passes import ExportState
-from .verify import dequantized
+from .verify import MeasuredTable, dequantized
 
 SAMPLES = (
     "the cat sat on the mat",
@@ -216,16 +216,18 @@ def finish(
     spec: TextSpec,
     session_of: Callable[[onnx.ModelProto], Any] | None,
     atol: float,
+    measured: Sequence[MeasuredTable],
 ) -> list[TextSpec]:
     """After the id graph's checks: the lookup into ``state.model`` where it is exact (proven against the
     layer, :func:`exporters.string_lookup.move_into_graph`), then, when ``session_of`` (the writer's
     session of the graph as it will be stored) is given, :func:`check_strings` on that graph, Keras
-    holding the dequantized tables where the graph has compact ones (as
-    :func:`exporters.verify.compare_compact`; ``front.model`` shares its layers with the id model).
+    holding the dequantized tables ``measured`` where the graph has compact ones (as
+    :func:`exporters.verify.compare_compact`, with the same measurement; ``front.model`` shares its
+    layers with the id model).
     Returns the text specs to declare."""
     spec, masks = string_lookup.move_into_graph(state, front, spec)
     if session_of is not None:
-        with dequantized(state.keras, state.compact, state.table_dtype):
+        with dequantized(state.keras, measured):
             check_strings(front, spec, session_of(state.model), state.keras.output_names, atol, masks)
     return [spec]
 

@@ -250,21 +250,35 @@ def holding(tables: Sequence[tuple[EmbeddingLayer, np.ndarray]], attribute: str)
         yield
 
 
-@contextmanager
-def dequantized(
+@dataclass(frozen=True)
+class MeasuredTable:
+    """One compact table as :func:`measure_table` measured it: the dequantized ``values`` its layer holds
+    for the checks (:func:`dequantized`) and their ``error``."""
+
+    layer: EmbeddingLayer
+    values: np.ndarray
+    error: TableError
+
+
+def measure_tables(
     info: KerasModelInfo, compact: Sequence[CompactTable], table_dtype: str
-) -> Iterator[list[TableError]]:
-    """While the block runs, the layer of each ``compact`` table holds its dequantized values, what the
-    graph computes (:func:`measure_table`, :func:`holding`); yields each table's :class:`TableError`."""
+) -> list[MeasuredTable]:
+    """Each ``compact`` table measured (:func:`measure_table`), once for every check of the export."""
     attribute = table_attribute(info.flavour)
-    measured = [(c.layer, *measure_table(c.layer, attribute, table_dtype)) for c in compact]
-    with holding([(emb, deq) for emb, deq, _ in measured], attribute):
-        yield [error for _, _, error in measured]
+    return [MeasuredTable(c.layer, *measure_table(c.layer, attribute, table_dtype)) for c in compact]
+
+
+@contextmanager
+def dequantized(info: KerasModelInfo, measured: Sequence[MeasuredTable]) -> Iterator[None]:
+    """While the block runs, the layer of each ``measured`` table holds its dequantized values, what the
+    graph computes (:func:`holding`)."""
+    with holding([(m.layer, m.values) for m in measured], table_attribute(info.flavour)):
+        yield
 
 
 def compare_compact(
     info: KerasModelInfo,
-    compact: Sequence[CompactTable],
+    measured: Sequence[MeasuredTable],
     table_dtype: str,
     compare_at: Callable[[float], Parity],
     atol: float,
@@ -273,7 +287,7 @@ def compare_compact(
     it): within ``atol`` of the Keras model holding the dequantized tables (``exact_max_abs_diff``), every
     table element within its bound (``tables``, see :class:`exporters.quantize.TableError`), and the
     differences from the original model measured (``max_abs_diff``); a non-finite difference fails."""
-    with dequantized(info, compact, table_dtype) as errors:
+    with dequantized(info, measured):
         try:
             exact = compare_at(atol)
         except ExportError as exc:
@@ -291,5 +305,5 @@ def compare_compact(
                 "with table_dtype='float32'"
             )
     parity.exact_max_abs_diff = exact.worst
-    parity.tables = errors
+    parity.tables = [m.error for m in measured]
     return parity

@@ -34,12 +34,12 @@ import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from embed_runtime import ConfigurationError, load
 from embed_runtime.cli_common import add_session_arguments
 from embed_runtime.serve.app import ServeConfig, create_app
-from embed_runtime.serve.batcher import BatchSettings
+from embed_runtime.serve.batcher import AUTO, BatchSettings
 from embed_runtime.serve.limits import Limits
 from embed_runtime.serve.repository import ModelRepository
 from embed_runtime.serve.workers import WorkerBoard, check_workers, serve_workers
@@ -126,6 +126,16 @@ def _per_model(kind: type[int] | type[float]) -> Callable[[str], tuple[str | Non
     return parse
 
 
+def _batch_size(text: str) -> tuple[str | None, int | str]:
+    """The argparse ``type`` of ``--max-batch-size``: ``[NAME=]N`` (N above zero), ``auto`` or ``off``."""
+    name, sep, value = text.rpartition("=")
+    if value in ("auto", "off"):
+        return (name if sep else None), value
+    return (name if sep else None), int(_positive(int)(value))
+
+
+T = TypeVar("T")
+
 # flag, Limits field, bytes per unit of the flag, help
 _LIMIT_FLAGS = (
     ("--max-batch", "max_batch", 1, "most rows (axis 0) in each input of one request"),
@@ -139,17 +149,15 @@ _LIMIT_FLAGS = (
 )
 
 
-def _named_values(
-    flag: str, given: list[tuple[str | None, int | float]] | None, unit: int = 1
-) -> dict[str | None, int]:
-    """``NAME`` (``None``: every model) to ``N * unit`` from a repeatable ``[NAME=]N`` option."""
-    values: dict[str | None, int] = {}
+def _named_values(flag: str, given: list[tuple[str | None, T]] | None) -> dict[str | None, T]:
+    """``NAME`` (``None``: every model) to its value from a repeatable ``[NAME=]N`` option."""
+    values: dict[str | None, T] = {}
     for name, value in given or []:
         if name in values:
             raise ConfigurationError(
                 f"{flag} is given twice for {'every model' if name is None else f'model {name!r}'}"
             )
-        values[name] = int(value * unit)
+        values[name] = value
     return values
 
 
@@ -161,33 +169,40 @@ def limits_from_args(args: argparse.Namespace) -> tuple[Limits, dict[str, Limits
     defaults: dict[str, int] = {}
     per_model: dict[str, dict[str, int]] = {}
     for flag, field_name, unit, _ in _LIMIT_FLAGS:
-        for name, value in _named_values(flag, getattr(args, field_name), unit).items():
-            (defaults if name is None else per_model.setdefault(name, {}))[field_name] = value
+        for name, value in _named_values(flag, getattr(args, field_name)).items():
+            (defaults if name is None else per_model.setdefault(name, {}))[field_name] = int(value * unit)
     base = Limits(**defaults)
     return base, {name: dataclasses.replace(base, **values) for name, values in per_model.items()}
 
 
-def batching_from_args(args: argparse.Namespace) -> tuple[BatchSettings | None, dict[str, BatchSettings]]:
-    """The dynamic batching of every model (``None``: off) and of the models given with ``NAME=N``.
+def batching_from_args(
+    args: argparse.Namespace,
+) -> tuple[BatchSettings | None, dict[str, BatchSettings | None]]:
+    """The dynamic batching of every model and of the models given with ``NAME=`` (``None``: off).
 
-    Raises :class:`~embed_runtime.ConfigurationError` for a value given twice, or a delay given where no
-    batch size is.
+    ``--max-batch-size auto`` (the default) batches a model where its warm-up finds that batching pays
+    (:data:`~embed_runtime.serve.batcher.AUTO`), ``N`` batches up to N rows, ``off`` does not batch; the
+    delay applies to the models that batch. Raises :class:`~embed_runtime.ConfigurationError` for a value
+    given twice, or a delay given for a model that does not batch.
     """
     sizes = _named_values("--max-batch-size", args.max_batch_size)
     delays = _named_values("--max-queue-delay-us", args.max_queue_delay_us)
-    if delays and not sizes:
-        raise ConfigurationError("--max-queue-delay-us is given without --max-batch-size; give both")
-    settings: dict[str | None, BatchSettings] = {}
-    for name in {*sizes, *delays}:
-        size = sizes.get(name, sizes.get(None))
-        if size is None and name is None:
-            continue  # a delay for every model, used by the models given a size
-        if size is None:
-            raise ConfigurationError(
-                f"--max-queue-delay-us is given for model {name!r}, which has no --max-batch-size; give both"
-            )
-        settings[name] = BatchSettings(size, delays.get(name, delays.get(None, 0)))
-    default = settings.pop(None, None)
+    settings: dict[str | None, BatchSettings | None] = {}
+    for name in {None, *sizes, *delays}:
+        size, delay = sizes.get(name, sizes.get(None, "auto")), delays.get(name, delays.get(None, 0))
+        if size == "off":
+            if name in delays:
+                which = "every model" if name is None else f"model {name!r}"
+                raise ConfigurationError(
+                    f"--max-queue-delay-us is given for {which}, whose batching is off (--max-batch-size "
+                    f"{'' if name is None else f'{name}='}off); give one or the other"
+                )
+            settings[name] = None
+        elif size == "auto":
+            settings[name] = dataclasses.replace(AUTO, max_queue_delay_us=int(delay))
+        else:
+            settings[name] = BatchSettings(int(size), int(delay))
+    default = settings.pop(None)
     return default, {name: value for name, value in settings.items() if name is not None}
 
 
@@ -241,21 +256,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{what}: N for every model, NAME=N for one (repeatable; default: "
             f"{getattr(defaults.limits, field_name) // unit}); more get 413",
         )
-    for flag, what, default in (
-        (
-            "--max-batch-size",
-            "run concurrent requests of the same shape as one inference of up to N rows",
-            "off",
-        ),
-        ("--max-queue-delay-us", "microseconds the first request of a batch waits for others", "0"),
-    ):
-        parser.add_argument(
-            flag,
-            action="append",
-            type=_per_model(int),
-            metavar="[NAME=]N",
-            help=f"dynamic batching: {what}; N for every model, NAME=N for one (repeatable; default: {default})",
-        )
+    parser.add_argument(
+        "--max-batch-size",
+        action="append",
+        type=_batch_size,
+        metavar="[NAME=]N|auto|off",
+        help="dynamic batching: run concurrent requests of the same shape as one inference of up to N rows; "
+        f"auto: up to {AUTO.max_batch_size} where the model's warm-up finds it saves run time, off: never; "
+        "for every model, or NAME=... for one (repeatable; default: auto)",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us",
+        action="append",
+        type=_per_model(int),
+        metavar="[NAME=]N",
+        help="dynamic batching: microseconds the first request of a batch waits for others; N for every "
+        "model, NAME=N for one (repeatable; default: 0)",
+    )
     parser.add_argument(
         "--graceful-timeout",
         type=float,

@@ -16,6 +16,17 @@ two rows (then every request, alone or not, runs on at least two rows, its own r
 never depends on what it was batched with), else batching stays off for the model, with a warning.
 Requests are only batched with requests of the same sequence length: padding to a shared length is not
 done (a model whose outputs read the padded positions would answer differently).
+
+Batching pays where a model's run costs much more than the rows it runs: a recurrent model's `Loop` runs
+its steps once per batch, so 8 rows cost about what one row does; a Gather-only model's run takes a few
+microseconds, less than handing a request to a batch costs. With :attr:`BatchSettings.when_it_pays`
+(``--max-batch-size auto``, the default) the probe also times the model, on the same rows: batching turns
+on only when running :data:`PROBE_ROWS` rows of :data:`TIMING_LENGTH` ids as one batch saves at least
+:data:`PAYS_S` of run time per request over running them one by one.
+
+A request waiting for its batch (to fill, for the model, or for the batch's leader to run it) gives its
+inference slot (``--max-concurrency``) back for the wait, so that other requests are decoded and join the
+batch meanwhile; it takes a slot again to run the batch or to encode its answer.
 """
 
 from __future__ import annotations
@@ -23,8 +34,10 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import numpy as np
 
@@ -41,15 +54,32 @@ PROBE_ROWS = 8
 PROBE_LENGTH = 8
 """Length given to the dynamic axes other than the batch in the probe."""
 
+TIMING_LENGTH = 32
+"""Length given to the dynamic axes other than the batch where the probe times the model (a sequence
+about as long as users send: a recurrent model's run grows with it, the cost of a request does not)."""
+
+PAYS_S = 100e-6
+"""Run time a batch of :data:`PROBE_ROWS` rows must save per request, over running them one by one, for
+batching to turn on where :attr:`BatchSettings.when_it_pays` (more than handing a request to a batch
+costs, about 70 us here)."""
+
+AUTO_ROWS = 32
+"""Most rows per batch where the probe turns batching on (``--max-batch-size auto``)."""
+
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """Dynamic batching of one model: at most ``max_batch_size`` rows per inference, and how long the
-    first request of a batch waits for others (microseconds; 0: only those that arrive while the model
-    runs the previous batch)."""
+    """Dynamic batching of one model: at most ``max_batch_size`` rows per inference, how long the first
+    request of a batch waits for others (microseconds; 0: only those that arrive while the model runs the
+    previous batch), and whether to batch only where the probe finds it pays (:data:`PAYS_S`)."""
 
     max_batch_size: int
     max_queue_delay_us: int = 0
+    when_it_pays: bool = False
+
+
+AUTO = BatchSettings(AUTO_ROWS, when_it_pays=True)
+"""``--max-batch-size auto``, the default: up to :data:`AUTO_ROWS` rows, no delay, where it pays."""
 
 
 @dataclass
@@ -65,13 +95,13 @@ def _rows(feeds: Feeds) -> int:
     return len(next(iter(feeds.values())))
 
 
-def probe_feeds(runtime: Runtime) -> dict[str, np.ndarray]:
-    """:data:`PROBE_ROWS` random rows per input: valid ids for id inputs, normal floats, tokens of the
-    vocabulary for string inputs, else zeros."""
+def probe_feeds(runtime: Runtime, length: int = PROBE_LENGTH) -> dict[str, np.ndarray]:
+    """:data:`PROBE_ROWS` random rows per input, ``length`` long where the graph does not fix it: valid ids
+    for id inputs, normal floats, tokens of the vocabulary for string inputs, else zeros."""
     rng = np.random.default_rng(0)
     feeds = {}
     for spec in runtime.inputs:
-        shape = [PROBE_ROWS if i == 0 else PROBE_LENGTH if d is None else d for i, d in enumerate(spec.shape)]
+        shape = [PROBE_ROWS if i == 0 else length if d is None else d for i, d in enumerate(spec.shape)]
         values: np.ndarray
         if spec.dtype.kind in "iu":
             values = rng.integers(0, spec.input_dim or 2, shape)
@@ -84,6 +114,19 @@ def probe_feeds(runtime: Runtime) -> dict[str, np.ndarray]:
             values = np.zeros(shape)
         feeds[spec.name] = values.astype(spec.dtype)
     return feeds
+
+
+@contextmanager
+def _released(slot: threading.Semaphore | None) -> Iterator[None]:
+    """Give ``slot`` (held by the caller) back for the block, then take it again."""
+    if slot is None:
+        yield
+        return
+    slot.release()
+    try:
+        yield
+    finally:
+        slot.acquire()
 
 
 def _key(feeds: Feeds, names: Sequence[str] | None) -> tuple[object, ...]:
@@ -99,6 +142,7 @@ class Batcher:
         self.runtime = runtime
         self.max_rows = settings.max_batch_size
         self.delay = settings.max_queue_delay_us / 1e6
+        self.when_it_pays = settings.when_it_pays
         self.enabled = False
         self.min_rows = 1
         self._lock = threading.Lock()
@@ -107,8 +151,9 @@ class Batcher:
 
     def probe(self) -> bool:
         """Decide, on :func:`probe_feeds`, whether and how batching keeps every answer exact (see the
-        module docstring); log the decision. Returns whether the model ran the probe's batch (then the
-        probe was the model's warm-up inference; else batching stays off and the caller warms it up)."""
+        module docstring) and, where :attr:`BatchSettings.when_it_pays`, whether it pays; log the decision.
+        Returns whether the model ran the probe's batch (then the probe was the model's warm-up inference;
+        else batching stays off and the caller warms it up)."""
         feeds = probe_feeds(self.runtime)
         rows = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(PROBE_ROWS)]
         try:
@@ -121,20 +166,48 @@ class Batcher:
             for min_rows in (1, 2):
                 alone = [self._run(row, None, min_rows) for row in rows]
                 if all(np.array_equal(batch[k][i : i + 1], a[k]) for i, a in enumerate(alone) for k in a):
-                    self.enabled, self.min_rows = True, min_rows
-                    logger.info(
-                        "model %r: dynamic batching on (up to %d rows, %d us delay, >= %d rows per run)",
-                        self.name, self.max_rows, int(self.delay * 1e6), min_rows,
-                    )  # fmt: skip
+                    self._decide(min_rows)
                     return True
         except Exception as exc:
             reason = f"a probe row failed alone: {exc}"
         logger.warning("model %r: dynamic batching stays off: %s", self.name, reason)
         return True
 
-    def run(self, feeds: Feeds, names: Sequence[str] | None) -> Results:
+    def _decide(self, min_rows: int) -> None:
+        """Turn batching on (runs on at least ``min_rows`` rows) unless it must pay and does not: unless a
+        batch of :data:`PROBE_ROWS` rows of :data:`TIMING_LENGTH` saves under :data:`PAYS_S` of run time
+        per request over running them one by one (the best of a few runs of each)."""
+        gain = ""
+        if self.when_it_pays:
+            feeds = probe_feeds(self.runtime, TIMING_LENGTH)
+            one = {k: v[:1] for k, v in feeds.items()}
+            alone = min(self._seconds(one, min_rows) for _ in range(3))
+            saved = alone - min(self._seconds(feeds, 1) for _ in range(2)) / PROBE_ROWS
+            gain = f"a batch of {PROBE_ROWS} rows saves {saved * 1e6:.0f} us of run time per request"
+            if saved < PAYS_S:
+                logger.info(
+                    "model %r: dynamic batching stays off: it does not pay (%s, under %.0f us; "
+                    "--max-batch-size N turns it on)", self.name, gain, PAYS_S * 1e6,
+                )  # fmt: skip
+                return
+            gain = "; " + gain
+        self.enabled, self.min_rows = True, min_rows
+        logger.info(
+            "model %r: dynamic batching on (up to %d rows, %d us delay, >= %d rows per run%s)",
+            self.name, self.max_rows, int(self.delay * 1e6), min_rows, gain,
+        )  # fmt: skip
+
+    def _seconds(self, feeds: Feeds, min_rows: int) -> float:
+        start = perf_counter()
+        self._run(feeds, None, min_rows)
+        return perf_counter() - start
+
+    def run(
+        self, feeds: Feeds, names: Sequence[str] | None, slot: threading.Semaphore | None = None
+    ) -> Results:
         """The outputs ``names`` (``None``: all) of checked ``feeds``, run in a batch with other requests
-        of the same shapes when batching is on."""
+        of the same shapes when batching is on. ``slot``, held by the caller, is given back while the
+        request waits (see the module docstring)."""
         rows = _rows(feeds)
         if not self.enabled or rows >= self.max_rows:
             return self._run(feeds, names, self.min_rows)
@@ -153,16 +226,21 @@ class Batcher:
             if batch.rows >= self.max_rows:
                 self._close(key, batch)
         if leader:
-            batch.full.wait(self.delay)
             try:
-                with self._model:
+                with _released(slot):
+                    batch.full.wait(self.delay)
+                    self._model.acquire()
+                try:
                     with self._lock:
                         self._close(key, batch)
                     batch.outcomes = self._outcomes(batch.feeds, names)
+                finally:
+                    self._model.release()
             finally:  # the others never wait forever
                 batch.done.set()
         else:
-            batch.done.wait()
+            with _released(slot):
+                batch.done.wait()
         outcome = batch.outcomes[index]
         if isinstance(outcome, Exception):
             raise outcome

@@ -195,7 +195,7 @@ def _infer_sync(model: ServedModel, request: pb.ModelInferRequest, handlers: Inf
     """Check, decode, run and encode one ModelInfer request, as the REST path does; in a worker thread."""
     body, header_length = v2_body(request)
     parsed = parse_infer_request(body, header_length, model.max_json_values, RAW_FIELD)
-    outputs = model.execute(*model.prepare(parsed, body), handlers.metrics)
+    outputs = model.execute(*model.prepare(parsed, body), handlers.metrics, handlers.slots)
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
     for name, array, _ in outputs:
         response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=array.shape)

@@ -14,6 +14,7 @@ them with the runtime's text front end, so that the limits, the batcher and the 
 from __future__ import annotations
 
 import logging
+import threading
 from time import perf_counter
 from typing import Any
 
@@ -246,10 +247,15 @@ class ServedModel:
         check_inputs(self.name, [InputSpec(name, np.dtype(np.int64), shape, None, None)], self.limits)
 
     def execute(
-        self, inputs: dict[str, np.ndarray], selected: list[tuple[str, bool]], metrics: ServeMetrics
+        self,
+        inputs: dict[str, np.ndarray],
+        selected: list[tuple[str, bool]],
+        metrics: ServeMetrics,
+        slot: threading.Semaphore | None = None,
     ) -> list[tuple[str, np.ndarray, bool]]:
         """Run the model on prepared ``inputs``: the ``(name, array, binary)`` outputs, checked against the
-        graph's shapes and the output limit. Runs in a worker thread."""
+        graph's shapes and the output limit. Runs in a worker thread holding ``slot``, an inference slot
+        (if any), which the batcher gives back while the request waits for its batch."""
         names: list[str] | None = [name for name, _ in selected]
         if names == self.output_names:
             names = None  # every output, in the graph's order: the runtime's default
@@ -257,18 +263,23 @@ class ServedModel:
         if self.batcher is None:
             results = self.runtime.run(inputs, outputs=names)
         else:
-            results = self.batcher.run(inputs, names)
+            results = self.batcher.run(inputs, names, slot)
         metrics.run_seconds.labels(self.name).observe(perf_counter() - start)
         check_results(self.name, self.runtime, selected, inputs, results, self.limits)
         return [(name, results[name], binary) for name, binary in selected]
 
     def infer(
-        self, body: bytes | bytearray, header_length: int | None, metrics: ServeMetrics
+        self,
+        body: bytes | bytearray,
+        header_length: int | None,
+        metrics: ServeMetrics,
+        slot: threading.Semaphore | None = None,
     ) -> tuple[bytes, int | None]:
-        """Read, check, decode, run and encode one V2 HTTP request body; runs in a worker thread."""
+        """Read, check, decode, run and encode one V2 HTTP request body; runs in a worker thread holding
+        ``slot`` (see :meth:`execute`)."""
         request = parse_infer_request(body, header_length, self.max_json_values)
         request_id, (inputs, selected) = request.id, self.prepare(request, body)
         del request  # its parsed JSON data is no longer needed: free it before the run
         return encode_infer_response(
-            self.name, self.version, request_id, self.execute(inputs, selected, metrics)
+            self.name, self.version, request_id, self.execute(inputs, selected, metrics, slot)
         )

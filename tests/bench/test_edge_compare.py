@@ -1,6 +1,6 @@
 """``benchmarks/edge_compare.py``'s report (``benchmarks/edge_report.py``) on synthetic numbers: the paired
-table, the prose on the 1x16 target, the section written between its markers (the rest of the document kept
-byte for byte) and the plot. Neither TensorFlow nor LiteRT is needed: only the pure-Python parts run here."""
+table, the prose on the 1x16 target, the section written between its markers (their rules:
+tests/bench/test_docs.py) and the plot. Neither TensorFlow nor LiteRT is needed: only the pure-Python parts run here."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def bench() -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["edge_report"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(SCRIPT.parent))  # its sibling _docs, as benchmarks/edge_compare.py finds it
+        spec.loader.exec_module(module)
     return module
 
 
@@ -61,25 +63,6 @@ def test_prose_says_which_artifacts_meet_the_target_and_why_the_others_miss(benc
     assert "adds 1.5-1.5 us" in gap
     assert "The classifier is 3 onnxruntime nodes (Gather, Mul x2)" in gap
     assert gap.endswith("1x16 floor (interleaved): default 5 us; basic 6 us.")
-
-
-def test_section_replaces_only_its_markers(bench: ModuleType) -> None:
-    doc = f"# Edge\n\nbefore\n\n{bench.BEGIN}\nold numbers\n{bench.END}\n\n## Browser\n\nafter\n"
-    new = bench.replace_section(doc, "## Against LiteRT\n\nnew numbers\n")
-    section = f"{bench.BEGIN}\n## Against LiteRT\n\nnew numbers\n{bench.END}"
-    assert new == f"# Edge\n\nbefore\n\n{section}\n\n## Browser\n\nafter\n"
-    assert bench.replace_section(new, "## Against LiteRT\n\nnew numbers\n") == new
-
-
-def test_section_is_appended_once_then_replaced(bench: ModuleType) -> None:
-    first = bench.replace_section("# Edge\n\ntext\n", "one")
-    assert first == f"# Edge\n\ntext\n\n{bench.BEGIN}\none\n{bench.END}\n"
-    assert bench.replace_section(first, "two").count(bench.BEGIN) == 1
-
-
-def test_unclosed_marker_is_refused(bench: ModuleType) -> None:
-    with pytest.raises(ValueError, match="no closing"):
-        bench.replace_section(f"# Edge\n{bench.BEGIN}\nhalf\n", "x")
 
 
 def test_write_doc_writes_section_and_plot(bench: ModuleType, tmp_path: Path) -> None:

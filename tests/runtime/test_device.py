@@ -194,5 +194,7 @@ def test_outputs_with_another_batch_are_refused(single: Built) -> None:
             real.run_with_iobinding(binding.inner)
 
     rt.session = Lying()
-    with pytest.raises(InferenceError, match=r"shape \[1, 4, 4\] for 'emb' from 2 rows of 'input_ids'"):
+    with pytest.raises(
+        InferenceError, match=r"1 rows of 'emb' for 2 rows of 'input_ids'.*\(shape \(1, 4, 4\)\)"
+    ):
         rt.run(ids_array(), device_outputs=True)

@@ -82,7 +82,9 @@ def test_a_plain_run_refuses_outputs_with_another_batch() -> None:
             return [a[:-1] for a in real.run(names, feeds, options)]
 
     rt.session = Lying()  # type: ignore[assignment]
-    with pytest.raises(embed_runtime.InferenceError, match=r"2 rows of 'probability' for 3 rows"):
+    with pytest.raises(
+        embed_runtime.InferenceError, match=r"2 rows of 'probability' for 3 rows .* \(shape \(2, 1\)\)"
+    ):
         rt._run_plain({"token_ids": np.ones((3, 4), np.int64)}, ("probability",))
 
 

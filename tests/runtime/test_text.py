@@ -243,6 +243,14 @@ def test_string_lookup_rows_of_tokens() -> None:
         replace(SPEC, layer_class="Hashing")
 
 
+def test_string_lookup_pads_with_a_mask_token_that_is_a_lone_surrogate() -> None:
+    """The mask token comes from the model's metadata, where the vocabulary may hold any Python string:
+    it pads short rows and gets id 0 however it is spelled, as the vocabulary's tokens get theirs."""
+    lookup = replace(SPEC, layer_class="StringLookup", standardize=None, split=None, mask_token="\ud800",
+                     vocabulary=("\ud800", "[UNK]", "the", "cat"))  # fmt: skip
+    assert Tokenizer(lookup)([["the", "cat"], ["cat"]]).tolist() == [[2, 3], [3, 0]]
+
+
 class _Refused(Exception):
     pass
 

@@ -82,7 +82,9 @@ def test_probes_answer_while_inference_is_saturated() -> None:
     assert child.returncode == 0, child.stderr[-3000:]
     seen = json.loads(child.stdout.strip().splitlines()[-1])
     assert seen["probes"] == [True, True] and seen["probe_seconds"] < 5
-    busy = "the server is busy: 32 inference calls are in already, the most it admits with --max-concurrency 1"
+    busy = (
+        "the server is busy: 32 inference calls are in already, the most it admits with --max-concurrency 1"
+    )
     assert len(seen["refused"]) == 8
     assert all(code == "StatusCode.RESOURCE_EXHAUSTED" and busy in text for code, text in seen["refused"])
     assert seen["gone"] == "StatusCode.DEADLINE_EXCEEDED" and seen["kept"] == "seed"

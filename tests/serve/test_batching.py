@@ -20,7 +20,7 @@ import embed_runtime
 from embed_runtime import ConfigurationError, Runtime
 from embed_runtime.serve import add_arguments, batching_from_args
 from embed_runtime.serve import batcher as batcher_module
-from embed_runtime.serve.batcher import PROBE_ROWS, Batcher, BatchSettings
+from embed_runtime.serve.batcher import AUTO, PROBE_ROWS, Batcher, BatchSettings
 from embed_runtime.serve.limits import Limits
 from embed_runtime.serve.served import ServedModel
 
@@ -95,6 +95,74 @@ def test_concurrent_requests_get_their_answer_alone(model: str, min_rows: int) -
         for key, value in got.items():
             assert np.array_equal(value, alone[key])
             assert np.array_equal(value, reference[key][: len(ids)])
+
+
+class _ClockedRuntime(_CountingRuntime):
+    """The seed model's runs, each advancing a fake clock by ``fixed + per_row * rows`` seconds: the
+    probe's timings without timing anything."""
+
+    def __init__(self, runtime: Runtime, fixed: float, per_row: float) -> None:
+        super().__init__(runtime)
+        self.fixed, self.per_row, self.now = fixed, per_row, 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, feeds: Any, outputs: Any = None) -> dict[str, np.ndarray]:
+        self.now += self.fixed + self.per_row * len(next(iter(feeds.values())))
+        return super().run(feeds, outputs)
+
+
+@pytest.mark.parametrize(
+    ("fixed", "per_row", "pays", "saved_us"),
+    [
+        (1e-3, 10e-6, True, 1010 - 1080 / PROBE_ROWS),  # a recurrent model: the steps cost, not the rows
+        (5e-6, 1e-6, False, 6 - 13 / PROBE_ROWS),  # a Gather: less than handing a request over costs
+        (50e-6, 200e-6, False, 250 - 1650 / PROBE_ROWS),  # rows cost most: a batch saves little
+    ],
+)
+def test_auto_batching_turns_on_where_it_pays(
+    fixed: float,
+    per_row: float,
+    pays: bool,
+    saved_us: float,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``--max-batch-size auto``: the probe times a batch of PROBE_ROWS rows against the rows one by one
+    and batches only when that saves ``PAYS_S`` per request; a size given (not auto) batches anyway."""
+    clocked = _ClockedRuntime(_load("seed"), fixed, per_row)
+    monkeypatch.setattr(batcher_module, "perf_counter", clocked.clock)
+    auto = Batcher("m", clocked, AUTO)  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="embed_runtime.serve.batcher"):
+        assert auto.probe()
+    assert auto.enabled is pays
+    assert f"a batch of {PROBE_ROWS} rows saves {saved_us:.0f} us of run time per request" in caplog.text
+    assert ("dynamic batching on" if pays else "stays off: it does not pay") in caplog.text
+    forced = Batcher("m", clocked, BatchSettings(AUTO.max_batch_size))  # type: ignore[arg-type]
+    forced.probe()
+    assert forced.enabled
+
+
+def test_requests_waiting_for_their_batch_give_their_slot_back() -> None:
+    """With one inference slot, four requests each holding it while decoded still meet in one batch: each
+    gives the slot back while it waits (without that, the first would wait out the whole delay alone)."""
+    counting = _CountingRuntime(_load("seed"))
+    batcher = Batcher("seed", counting, BatchSettings(max_batch_size=4, max_queue_delay_us=60_000_000))  # type: ignore[arg-type]
+    batcher.probe()
+    counting.runs = 0
+    slot = threading.BoundedSemaphore(1)
+
+    def request(ids: np.ndarray) -> dict[str, np.ndarray]:
+        with slot:
+            return batcher.run({"input_ids": ids}, None, slot)
+
+    requests = [np.full((1, 10), i + 1) for i in range(4)]
+    results = _concurrently(request, requests)
+    assert counting.runs == 1
+    for ids, got in zip(requests, results, strict=True):
+        assert np.array_equal(got["embedding"], counting.runtime.run(ids)["embedding"])
+    assert slot.acquire(blocking=False)  # every request gave it back in the end
 
 
 def test_a_bad_request_fails_alone_in_its_batch() -> None:
@@ -175,7 +243,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_batching_options() -> None:
-    assert batching_from_args(_parse([])) == (None, {})
+    assert batching_from_args(_parse([])) == (AUTO, {})
     args = _parse(
         ["--max-batch-size", "8", "--max-batch-size", "tagger=32", "--max-queue-delay-us", "seed=500"]
     )
@@ -183,15 +251,30 @@ def test_batching_options() -> None:
         BatchSettings(8, 0),
         {"tagger": BatchSettings(32, 0), "seed": BatchSettings(8, 500)},
     )
+    args = _parse(
+        ["--max-batch-size", "off", "--max-batch-size", "tagger=auto", "--max-queue-delay-us", "tagger=9"]
+    )
+    assert batching_from_args(args) == (
+        None,
+        {"tagger": BatchSettings(AUTO.max_batch_size, 9, when_it_pays=True)},
+    )
+    args = _parse(["--max-batch-size", "seed=off", "--max-queue-delay-us", "300"])
+    assert batching_from_args(args) == (
+        BatchSettings(AUTO.max_batch_size, 300, when_it_pays=True),
+        {"seed": None},
+    )
 
 
 @pytest.mark.parametrize(
     ("argv", "text"),
     [
-        (["--max-queue-delay-us", "100"], "--max-queue-delay-us is given without --max-batch-size"),
         (
-            ["--max-batch-size", "a=4", "--max-queue-delay-us", "b=100"],
-            "--max-queue-delay-us is given for model 'b', which has no --max-batch-size",
+            ["--max-batch-size", "off", "--max-queue-delay-us", "100"],
+            "--max-queue-delay-us is given for every model, whose batching is off (--max-batch-size off)",
+        ),
+        (
+            ["--max-batch-size", "b=off", "--max-queue-delay-us", "b=100"],
+            "--max-queue-delay-us is given for model 'b', whose batching is off (--max-batch-size b=off)",
         ),
         (
             ["--max-batch-size", "4", "--max-batch-size", "4"],
@@ -202,6 +285,13 @@ def test_batching_options() -> None:
 def test_bad_batching_options_are_refused(argv: list[str], text: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(text)):
         batching_from_args(_parse(argv))
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "seed=0"])
+def test_batch_sizes_that_are_not_sizes_are_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(["--max-batch-size", value])
+    assert "--max-batch-size" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

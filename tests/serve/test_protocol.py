@@ -153,15 +153,36 @@ def _json_float32_round_trip(array: np.ndarray) -> list[str]:
 
 @given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=50))
 def test_json_float32_outputs_give_back_every_bit(values: list[float]) -> None:
-    """float32 outputs are written with 9 significant digits (0.1 as ``0.100000001``): read back as
-    float32, every value (subnormals and the largest included) is the same bits, within the bytes
-    :func:`json_value_width` counts; with a -0.0 among them (``-0`` reads as the integer 0), as
-    ``json.dumps`` writes them."""
-    array = np.array([*values, 0.1, 1e-45, 3.4028235e38, -1.1754944e-38], dtype=np.float32)
-    array[array == 0] = 0.0  # no negative zero
+    """float32 outputs are written as the shortest text that reads back as the same float32 (0.1 as
+    ``0.1``, as numpy prints a float32): every value (subnormals, the largest and -0.0 included) reads back
+    as the same bits, within the bytes :func:`json_value_width` counts."""
+    array = np.array([*values, 0.1, 1e-45, 3.4028235e38, -1.1754944e-38, -0.0], dtype=np.float32)
     texts = _json_float32_round_trip(array)
-    assert texts[-4] == "0.100000001"
+    assert [float(t) for t in texts] == [float(str(v)) for v in array]  # numpy's shortest float32 text
+    assert texts[-5] == "0.1" and texts[-1] == "-0.0"  # not "-0", which reads as the integer 0
     assert max(len(t) + 1 for t in texts) <= json_value_width(np.dtype(np.float32))
-    texts = _json_float32_round_trip(np.append(array, np.float32(-0.0)))
-    assert texts[-5:] == ["0.10000000149011612", "1.401298464324817e-45", "3.4028234663852886e+38",
-                          "-1.1754943508222875e-38", "-0.0"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([np.iinfo(np.int64).min, -1, 0, np.iinfo(np.int64).max], dtype=np.int64),
+        np.array([0, np.iinfo(np.uint64).max], dtype=np.uint64),
+        np.array([[True, False], [False, True]]),
+        np.array([1 / 3, -0.0, 5e-324, 1.7976931348623157e308], dtype=np.float64),
+        np.array([1 / 3, 65504.0, -0.0], dtype=np.float16),
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+        np.array([0.25, -7.5], dtype=">f4"),  # big-endian
+    ],
+    ids=["int64", "uint64", "bool", "float64", "float16", "transposed", "big-endian"],
+)
+def test_json_outputs_of_every_numeric_dtype_read_back_exactly(array: np.ndarray) -> None:
+    """JSON ``data`` of an output reads back, row-major, as the same values in the same dtype: integers at
+    both ends of their range, booleans as ``true``/``false``, floats of each width; arrays that are not
+    C-contiguous or not native-endian as well."""
+    body, _ = encode_infer_response("m", "1", None, [("out", array, False)])
+    output = json.loads(body)["outputs"][0]
+    assert output["shape"] == list(array.shape)
+    assert [type(v) for v in output["data"]] == [type(v) for v in array.reshape(-1).tolist()]
+    got = np.array(output["data"], dtype=array.dtype.newbyteorder("=")).reshape(array.shape)
+    np.testing.assert_array_equal(got.view(np.uint8), np.ascontiguousarray(array, got.dtype).view(np.uint8))
