@@ -100,24 +100,31 @@ def model_specs(specs: list[str]) -> dict[str, Path]:
     return models
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """An argparse ``type`` accepting only numbers above zero."""
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def _number(kind: type[int] | type[float], least: float | None = None) -> Callable[[str], int | float]:
+    """An argparse ``type`` accepting numbers above zero, or ``least`` and above when given."""
 
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} is not above zero")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_KINDS[kind]}") from None
+        if value <= 0 if least is None else value < least:
+            wanted = "above zero" if least is None else f"{least:g} or more"
+            raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
         return value
 
     return parse
 
 
-def _per_model(kind: type[int] | type[float]) -> Callable[[str], tuple[str | None, int | float]]:
-    """An argparse ``type`` for ``N`` (every model) or ``NAME=N`` (one model), N above zero."""
-    number = _positive(kind)
+def _per_model(
+    kind: type[int] | type[float], least: float | None = None
+) -> Callable[[str], tuple[str | None, int | float]]:
+    """An argparse ``type`` for ``N`` (every model) or ``NAME=N`` (one model): N above zero, or ``least``
+    and above when given."""
+    number = _number(kind, least)
 
     def parse(text: str) -> tuple[str | None, int | float]:
         name, sep, value = text.rpartition("=")
@@ -127,11 +134,17 @@ def _per_model(kind: type[int] | type[float]) -> Callable[[str], tuple[str | Non
 
 
 def _batch_size(text: str) -> tuple[str | None, int | str]:
-    """The argparse ``type`` of ``--max-batch-size``: ``[NAME=]N`` (N above zero), ``auto`` or ``off``."""
+    """The argparse ``type`` of ``--max-batch-size``: ``[NAME=]N`` (N of 2 or more), ``auto`` or ``off``."""
     name, sep, value = text.rpartition("=")
     if value in ("auto", "off"):
         return (name if sep else None), value
-    return (name if sep else None), int(_positive(int)(value))
+    try:
+        return (name if sep else None), int(_number(int, 2)(value))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc}; it takes a number of rows of 2 or more (one row never batches), auto or off, for every "
+            "model or as NAME=..."
+        ) from None
 
 
 T = TypeVar("T")
@@ -183,7 +196,7 @@ def batching_from_args(
     ``--max-batch-size auto`` (the default) batches a model where its warm-up finds that batching pays
     (:data:`~embed_runtime.serve.batcher.AUTO`), ``N`` batches up to N rows, ``off`` does not batch; the
     delay applies to the models that batch. Raises :class:`~embed_runtime.ConfigurationError` for a value
-    given twice, or a delay given for a model that does not batch.
+    given twice, or a delay given for a model that does not batch (for every model, when none batches).
     """
     sizes = _named_values("--max-batch-size", args.max_batch_size)
     delays = _named_values("--max-queue-delay-us", args.max_queue_delay_us)
@@ -191,7 +204,7 @@ def batching_from_args(
     for name in {None, *sizes, *delays}:
         size, delay = sizes.get(name, sizes.get(None, "auto")), delays.get(name, delays.get(None, 0))
         if size == "off":
-            if name in delays:
+            if name in delays and (name is not None or all(v == "off" for v in sizes.values())):
                 which = "every model" if name is None else f"model {name!r}"
                 raise ConfigurationError(
                     f"--max-queue-delay-us is given for {which}, whose batching is off (--max-batch-size "
@@ -235,14 +248,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-concurrency",
-        type=_positive(int),
+        type=_number(int),
         default=defaults.max_concurrency,
         help="requests decoded and run at the same time; twice as many are admitted, the others wait "
         "before their body is read (default: %(default)s)",
     )
     parser.add_argument(
         "--max-body-mb",
-        type=_positive(float),
+        type=_number(float),
         default=defaults.max_body_bytes / 2**20,
         help="largest request body in MiB; larger ones get 413 (default: %(default)s)",
     )
@@ -268,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queue-delay-us",
         action="append",
-        type=_per_model(int),
+        type=_per_model(int, least=0),
         metavar="[NAME=]N",
         help="dynamic batching: microseconds the first request of a batch waits for others; N for every "
         "model, NAME=N for one (repeatable; default: 0)",

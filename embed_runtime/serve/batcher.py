@@ -20,9 +20,9 @@ done (a model whose outputs read the padded positions would answer differently).
 Batching pays where a model's run costs much more than the rows it runs: a recurrent model's `Loop` runs
 its steps once per batch, so 8 rows cost about what one row does; a Gather-only model's run takes a few
 microseconds, less than handing a request to a batch costs. With :attr:`BatchSettings.when_it_pays`
-(``--max-batch-size auto``, the default) the probe also times the model, on the same rows: batching turns
-on only when running :data:`PROBE_ROWS` rows of :data:`TIMING_LENGTH` ids as one batch saves at least
-:data:`PAYS_S` of run time per request over running them one by one.
+(``--max-batch-size auto``, the default) the probe also times the model: batching turns on only when
+running :data:`PROBE_ROWS` rows of :data:`TIMING_LENGTH` ids as one batch saves at least :data:`PAYS_S` of
+run time per request over running them one by one.
 
 A request waiting for its batch (to fill, for the model, or for the batch's leader to run it) gives its
 inference slot (``--max-concurrency``) back for the wait, so that other requests are decoded and join the
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -86,6 +87,7 @@ AUTO = BatchSettings(AUTO_ROWS, when_it_pays=True)
 class _Batch:
     feeds: list[Feeds] = field(default_factory=list)
     rows: int = 0
+    ids: int = 0
     full: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     outcomes: list[Results | Exception] = field(default_factory=list)
@@ -137,10 +139,15 @@ def _key(feeds: Feeds, names: Sequence[str] | None) -> tuple[object, ...]:
 class Batcher:
     """The batches of one model's :class:`Runtime`; :meth:`run` is called from many threads at once."""
 
-    def __init__(self, name: str, runtime: Runtime, settings: BatchSettings) -> None:
+    def __init__(
+        self, name: str, runtime: Runtime, settings: BatchSettings, max_ids: int | None = None
+    ) -> None:
         self.name = name
         self.runtime = runtime
         self.max_rows = settings.max_batch_size
+        self.max_ids = sys.maxsize if max_ids is None else max_ids
+        """Most elements of all inputs in one batch (the model's ``--max-ids``, which bounds one request),
+        so that a batch's run is never larger than one request's may be; ``None``: no bound."""
         self.delay = settings.max_queue_delay_us / 1e6
         self.when_it_pays = settings.when_it_pays
         self.enabled = False
@@ -170,7 +177,8 @@ class Batcher:
                     return True
         except Exception as exc:
             reason = f"a probe row failed alone: {exc}"
-        logger.warning("model %r: dynamic batching stays off: %s", self.name, reason)
+        level = logging.INFO if self.when_it_pays else logging.WARNING  # auto: nobody asked for it
+        logger.log(level, "model %r: dynamic batching stays off: %s", self.name, reason)
         return True
 
     def _decide(self, min_rows: int) -> None:
@@ -181,8 +189,14 @@ class Batcher:
         if self.when_it_pays:
             feeds = probe_feeds(self.runtime, TIMING_LENGTH)
             one = {k: v[:1] for k, v in feeds.items()}
-            alone = min(self._seconds(one, min_rows) for _ in range(3))
-            saved = alone - min(self._seconds(feeds, 1) for _ in range(2)) / PROBE_ROWS
+            try:
+                alone = min(self._seconds(one, min_rows) for _ in range(3))
+                saved = alone - min(self._seconds(feeds, 1) for _ in range(2)) / PROBE_ROWS
+            except Exception as exc:
+                logger.info(
+                    "model %r: dynamic batching stays off: timing the probe failed: %s", self.name, exc
+                )
+                return
             gain = f"a batch of {PROBE_ROWS} rows saves {saved * 1e6:.0f} us of run time per request"
             if saved < PAYS_S:
                 logger.info(
@@ -208,13 +222,13 @@ class Batcher:
         """The outputs ``names`` (``None``: all) of checked ``feeds``, run in a batch with other requests
         of the same shapes when batching is on. ``slot``, held by the caller, is given back while the
         request waits (see the module docstring)."""
-        rows = _rows(feeds)
-        if not self.enabled or rows >= self.max_rows:
+        rows, ids, max_ids = _rows(feeds), sum(a.size for a in feeds.values()), self.max_ids
+        if not self.enabled or rows == 0 or rows >= self.max_rows or ids >= max_ids:
             return self._run(feeds, names, self.min_rows)
         key = _key(feeds, names)
         with self._lock:
             batch = self._open.get(key)
-            if batch is not None and batch.rows + rows > self.max_rows:
+            if batch is not None and (batch.rows + rows > self.max_rows or batch.ids + ids > max_ids):
                 self._close(key, batch)
                 batch = None
             leader = batch is None
@@ -223,7 +237,8 @@ class Batcher:
             index = len(batch.feeds)
             batch.feeds.append(feeds)
             batch.rows += rows
-            if batch.rows >= self.max_rows:
+            batch.ids += ids
+            if batch.rows >= self.max_rows or batch.ids >= max_ids:
                 self._close(key, batch)
         if leader:
             try:
@@ -275,6 +290,8 @@ class Batcher:
         """One inference on at least ``min_rows`` rows (the last row repeated); the rows of ``feeds``.
         Raises when an output does not have one row per input row (it cannot be split)."""
         rows = _rows(feeds)
+        if rows == 0:  # nothing to pad or split: the runtime's own empty answer
+            return self.runtime.run(feeds, outputs=names)
         if rows < min_rows:
             extra = min_rows - rows
             feeds = {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in feeds.items()}

@@ -168,8 +168,8 @@ def _json_data(name: str, arr: np.ndarray) -> Iterator[bytes]:
     """The JSON array of ``arr``'s values, row-major, in pieces; refuses non-finite floats.
 
     Numbers and booleans are written by orjson from the array's memory: integers exactly, floats as the
-    shortest text that reads back as the same value of their own width (``0.1`` for float32 0.1, ``-0.0``
-    for negative zero).
+    shortest text that reads back as the same value of their own width (``0.1`` for float32 0.1; float16
+    as the shortest text of its float32 value; ``-0.0`` for negative zero).
     """
     flat = arr.reshape(-1)
     yield b"["

@@ -22,6 +22,7 @@ from embed_runtime.serve import add_arguments, batching_from_args
 from embed_runtime.serve import batcher as batcher_module
 from embed_runtime.serve.batcher import AUTO, PROBE_ROWS, Batcher, BatchSettings
 from embed_runtime.serve.limits import Limits
+from embed_runtime.serve.metrics import ServeMetrics
 from embed_runtime.serve.served import ServedModel
 
 from .helpers import REPO_MODELS, SERVE_CLI, free_port, start_server, stop_server
@@ -144,11 +145,32 @@ def test_auto_batching_turns_on_where_it_pays(
     assert forced.enabled
 
 
+def test_auto_batching_stays_off_when_timing_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows of the timing length the model refuses (here: ids out of range) leave batching off, saying so;
+    the model is still warmed up and serves."""
+    probe = batcher_module.probe_feeds
+
+    def refused_when_timing(runtime: Runtime, length: int = batcher_module.PROBE_LENGTH) -> dict:
+        feeds = probe(runtime, length)
+        return {k: -v - 1 for k, v in feeds.items()} if length == batcher_module.TIMING_LENGTH else feeds
+
+    monkeypatch.setattr(batcher_module, "probe_feeds", refused_when_timing)
+    runtime = _load("seed")
+    served = ServedModel("seed", runtime, Limits())
+    served.batcher = Batcher("seed", runtime, AUTO)
+    with caplog.at_level("INFO", logger="embed_runtime.serve.batcher"):
+        served.warm_up()
+    assert served.ready and not served.batcher.enabled
+    assert "model 'seed': dynamic batching stays off: timing the probe failed: " in caplog.text
+
+
 def test_requests_waiting_for_their_batch_give_their_slot_back() -> None:
     """With one inference slot, four requests each holding it while decoded still meet in one batch: each
     gives the slot back while it waits (without that, the first would wait out the whole delay alone)."""
     counting = _CountingRuntime(_load("seed"))
-    batcher = Batcher("seed", counting, BatchSettings(max_batch_size=4, max_queue_delay_us=60_000_000))  # type: ignore[arg-type]
+    batcher = Batcher("seed", counting, BatchSettings(max_batch_size=4, max_queue_delay_us=10_000_000))  # type: ignore[arg-type]
     batcher.probe()
     counting.runs = 0
     slot = threading.BoundedSemaphore(1)
@@ -163,6 +185,49 @@ def test_requests_waiting_for_their_batch_give_their_slot_back() -> None:
     for ids, got in zip(requests, results, strict=True):
         assert np.array_equal(got["embedding"], counting.runtime.run(ids)["embedding"])
     assert slot.acquire(blocking=False)  # every request gave it back in the end
+
+
+@pytest.mark.parametrize("settings", [AUTO, BatchSettings(8)], ids=["auto", "forced"])
+@pytest.mark.parametrize("model", ["seed", "tagger"])
+def test_a_request_of_no_rows_gets_the_empty_answer(model: str, settings: BatchSettings) -> None:
+    """A request of 0 rows (the limits admit it) gets the runtime's empty outputs whether batching is on
+    (tagger, or forced) or off (seed under auto), as without a batcher."""
+    runtime = _load(model)
+    served = ServedModel(model, runtime, Limits())
+    served.batcher = Batcher(model, runtime, settings, Limits().max_ids)
+    served.warm_up()
+    spec = runtime.inputs[0]
+    empty = {spec.name: np.zeros((0, spec.shape[1] or 5), np.int64)}
+    got = served.execute(empty, [(name, True) for name in served.output_names], ServeMetrics())
+    for (name, array, _), want in zip(got, runtime.run(empty).values(), strict=True):
+        assert array.shape == want.shape and array.shape[0] == 0, name
+
+
+class _SizedRuntime(_CountingRuntime):
+    """Records the ids of each run."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self.sizes: list[int] = []
+
+    def run(self, feeds: Any, outputs: Any = None) -> dict[str, np.ndarray]:
+        self.sizes.append(sum(np.asarray(v).size for v in feeds.values()))
+        return super().run(feeds, outputs)
+
+
+def test_a_batch_holds_no_more_ids_than_one_request_may() -> None:
+    """With --max-ids 30 (three rows of the seed's 10 ids), eight concurrent one-row requests are run in
+    batches of at most 30 ids, so a batch's run is never larger than one request's may be (the memory
+    bound in docs/serve.md counts one such run)."""
+    sized = _SizedRuntime(_load("seed"))
+    batcher = Batcher("seed", sized, BatchSettings(max_batch_size=32, max_queue_delay_us=200_000), 30)  # type: ignore[arg-type]
+    batcher.probe()
+    sized.sizes.clear()
+    requests = [np.full((1, 10), i + 1) for i in range(8)]
+    results = _concurrently(lambda ids: batcher.run({"input_ids": ids}, None), requests)
+    assert max(sized.sizes) <= 30 and len(sized.sizes) >= 3
+    for ids, got in zip(requests, results, strict=True):
+        assert np.array_equal(got["embedding"], sized.runtime.run(ids)["embedding"])
 
 
 def test_a_bad_request_fails_alone_in_its_batch() -> None:
@@ -258,6 +323,8 @@ def test_batching_options() -> None:
         None,
         {"tagger": BatchSettings(AUTO.max_batch_size, 9, when_it_pays=True)},
     )
+    args = _parse(["--max-batch-size", "off", "--max-batch-size", "seed=4", "--max-queue-delay-us", "0"])
+    assert batching_from_args(args) == (None, {"seed": BatchSettings(4, 0)})  # a delay for those that batch
     args = _parse(["--max-batch-size", "seed=off", "--max-queue-delay-us", "300"])
     assert batching_from_args(args) == (
         BatchSettings(AUTO.max_batch_size, 300, when_it_pays=True),
@@ -287,11 +354,13 @@ def test_bad_batching_options_are_refused(argv: list[str], text: str) -> None:
         batching_from_args(_parse(argv))
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "many", "seed=0"])
+@pytest.mark.parametrize("value", ["0", "1", "-3", "many", "Auto", "seed=0", "seed="])
 def test_batch_sizes_that_are_not_sizes_are_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each names the value and what the option takes (one row per run never batches)."""
     with pytest.raises(SystemExit):
         _parse(["--max-batch-size", value])
-    assert "--max-batch-size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--max-batch-size" in err and "a number of rows of 2 or more" in err and "auto or off" in err
 
 
 @pytest.fixture(scope="module")

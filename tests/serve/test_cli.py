@@ -141,10 +141,15 @@ def test_module_entry_point_error_is_one_line(
 
 async def _get(app: ASGIApp, path: str) -> tuple[int, bytes]:
     """One GET through the ASGI interface, as a server would make it."""
+    return await _asgi(app, "GET", path)
+
+
+async def _asgi(app: ASGIApp, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One request through the ASGI interface, as a server would make it: its status and body."""
     sent: list[Message] = []
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: Message) -> None:
         sent.append(message)
@@ -153,13 +158,13 @@ async def _get(app: ASGIApp, path: str) -> tuple[int, bytes]:
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [],
+        "headers": [(b"content-length", str(len(body)).encode())],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 8000),
     }

@@ -25,7 +25,7 @@ from embed_runtime.serve import create_app
 
 from .conftest import save_model
 from .helpers import SERVE_MODULE, RawHttp, free_port, stop_server
-from .test_cli import _get
+from .test_cli import _asgi, _get
 
 LENGTH = 4096
 """Fixed sequence length of the slow model, so that its warm-up is as slow as a request."""
@@ -109,6 +109,24 @@ def test_ready_only_after_warm_up_in_process(model_paths: dict[str, Path]) -> No
     app.state.handlers.warm_up()
     assert anyio.run(_get, app, "/v2/health/ready")[0] == 200
     assert anyio.run(_get, app, "/v2/models/words/ready")[0] == 200
+
+
+def test_an_app_serves_through_a_second_lifespan(model_paths: dict[str, Path]) -> None:
+    """An app started, stopped and started again (as in-process use and tests do) still infers: its
+    inference threads outlive a lifespan."""
+    app = create_app({"words": load(model_paths["words"], providers="cpu")})
+    body = json.dumps(
+        {"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 0]}]}
+    )
+
+    async def one_lifespan() -> tuple[int, bytes]:
+        async with app.router.lifespan_context(app):
+            app.state.handlers.warm_up()
+            return await _asgi(app, "POST", "/v2/models/words/infer", body.encode())
+
+    for _ in range(2):
+        status, reply = anyio.run(one_lifespan)
+        assert status == 200, reply
 
 
 @pytest.mark.slow
