@@ -103,8 +103,10 @@ def model_specs(specs: list[str]) -> dict[str, Path]:
 _KINDS = {int: "a whole number", float: "a number"}
 
 
-def _number(kind: type[int] | type[float], least: float | None = None) -> Callable[[str], int | float]:
-    """An argparse ``type`` accepting numbers above zero, or ``least`` and above when given."""
+def _number(
+    kind: type[int] | type[float], least: float | None = None, most: float | None = None
+) -> Callable[[str], int | float]:
+    """An argparse ``type`` accepting numbers above zero, or ``least`` and above when given, up to ``most``."""
 
     def parse(text: str) -> int | float:
         try:
@@ -114,17 +116,19 @@ def _number(kind: type[int] | type[float], least: float | None = None) -> Callab
         if value <= 0 if least is None else value < least:
             wanted = "above zero" if least is None else f"{least:g} or more"
             raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{text} is over {most:,}")
         return value
 
     return parse
 
 
 def _per_model(
-    kind: type[int] | type[float], least: float | None = None
+    kind: type[int] | type[float], least: float | None = None, most: float | None = None
 ) -> Callable[[str], tuple[str | None, int | float]]:
     """An argparse ``type`` for ``N`` (every model) or ``NAME=N`` (one model): N above zero, or ``least``
-    and above when given."""
-    number = _number(kind, least)
+    and above when given, up to ``most``."""
+    number = _number(kind, least, most)
 
     def parse(text: str) -> tuple[str | None, int | float]:
         name, sep, value = text.rpartition("=")
@@ -142,12 +146,15 @@ def _batch_size(text: str) -> tuple[str | None, int | str]:
         return (name if sep else None), int(_number(int, 2)(value))
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(
-            f"{exc}; it takes a number of rows of 2 or more (one row never batches), auto or off, for every "
-            "model or as NAME=..."
+            f"{exc}: --max-batch-size takes a number of rows (one row never batches), auto or off, for "
+            "every model or as NAME=..."
         ) from None
 
 
 T = TypeVar("T")
+
+MAX_QUEUE_DELAY_US = 60_000_000
+"""The longest ``--max-queue-delay-us``: a minute."""
 
 # flag, Limits field, bytes per unit of the flag, help
 _LIMIT_FLAGS = (
@@ -206,9 +213,10 @@ def batching_from_args(
         if size == "off":
             if name in delays and (name is not None or all(v == "off" for v in sizes.values())):
                 which = "every model" if name is None else f"model {name!r}"
+                given = f"{name}=off" if name in sizes and name is not None else "off"
                 raise ConfigurationError(
                     f"--max-queue-delay-us is given for {which}, whose batching is off (--max-batch-size "
-                    f"{'' if name is None else f'{name}='}off); give one or the other"
+                    f"{given}); give one or the other"
                 )
             settings[name] = None
         elif size == "auto":
@@ -274,17 +282,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=_batch_size,
         metavar="[NAME=]N|auto|off",
-        help="dynamic batching: run concurrent requests of the same shape as one inference of up to N rows; "
-        f"auto: up to {AUTO.max_batch_size} where the model's warm-up finds it saves run time, off: never; "
-        "for every model, or NAME=... for one (repeatable; default: auto)",
+        help="dynamic batching: run concurrent requests of the same shape as one inference of up to N rows "
+        f"(2 or more); auto: up to {AUTO.max_batch_size} where the model's warm-up finds it saves run time, "
+        "off: never; for every model, or NAME=... for one (repeatable; default: auto)",
     )
     parser.add_argument(
         "--max-queue-delay-us",
         action="append",
-        type=_per_model(int, least=0),
+        type=_per_model(int, least=0, most=MAX_QUEUE_DELAY_US),
         metavar="[NAME=]N",
         help="dynamic batching: microseconds the first request of a batch waits for others; N for every "
-        "model, NAME=N for one (repeatable; default: 0)",
+        "model, NAME=N for one, 0 to 60,000,000 (repeatable; default: 0)",
     )
     parser.add_argument(
         "--graceful-timeout",

@@ -13,7 +13,8 @@ with MatMul/LSTM layers do not: onnxruntime's one-row kernels round differently 
 many-row ones, while the rows of any batch of two or more agree. :meth:`Batcher.probe` (run at warm-up)
 checks which holds: rows of a batch equal to their one-row runs (batching as is), else equal to runs on
 two rows (then every request, alone or not, runs on at least two rows, its own row repeated: its answer
-never depends on what it was batched with), else batching stays off for the model, with a warning.
+never depends on what it was batched with), else batching stays off for the model, with a warning (at
+INFO under ``--max-batch-size auto``, where nobody asked for batching).
 Requests are only batched with requests of the same sequence length: padding to a shared length is not
 done (a model whose outputs read the padded positions would answer differently).
 
@@ -93,8 +94,10 @@ class _Batch:
     outcomes: list[Results | Exception] = field(default_factory=list)
 
 
-def _rows(feeds: Feeds) -> int:
-    return len(next(iter(feeds.values())))
+def _rows(feeds: Feeds) -> int | None:
+    """The rows (axis 0) every input of ``feeds`` has; ``None`` when they differ (the runtime refuses it)."""
+    rows = {len(a) for a in feeds.values()}
+    return rows.pop() if len(rows) == 1 else None
 
 
 def probe_feeds(runtime: Runtime, length: int = PROBE_LENGTH) -> dict[str, np.ndarray]:
@@ -147,7 +150,8 @@ class Batcher:
         self.max_rows = settings.max_batch_size
         self.max_ids = sys.maxsize if max_ids is None else max_ids
         """Most elements of all inputs in one batch (the model's ``--max-ids``, which bounds one request),
-        so that a batch's run is never larger than one request's may be; ``None``: no bound."""
+        so that a batch's run is never larger than one request's may be (but for a one-row request of a model
+        that runs on two rows: twice that); no bound when not given."""
         self.delay = settings.max_queue_delay_us / 1e6
         self.when_it_pays = settings.when_it_pays
         self.enabled = False
@@ -166,7 +170,7 @@ class Batcher:
         try:
             batch = self.runtime.run(feeds)
         except Exception as exc:
-            logger.warning("model %r: dynamic batching stays off: the probe batch failed: %s", self.name, exc)
+            self._stays_off(f"the probe batch failed: {exc}")
             return False
         reason = "a batch's rows differ from the same rows run alone"
         try:
@@ -177,9 +181,13 @@ class Batcher:
                     return True
         except Exception as exc:
             reason = f"a probe row failed alone: {exc}"
-        level = logging.INFO if self.when_it_pays else logging.WARNING  # auto: nobody asked for it
-        logger.log(level, "model %r: dynamic batching stays off: %s", self.name, reason)
+        self._stays_off(reason)
         return True
+
+    def _stays_off(self, reason: str) -> None:
+        """Log why batching stays off: a warning where it was asked for, information under ``auto``."""
+        level = logging.INFO if self.when_it_pays else logging.WARNING
+        logger.log(level, "model %r: dynamic batching stays off: %s", self.name, reason)
 
     def _decide(self, min_rows: int) -> None:
         """Turn batching on (runs on at least ``min_rows`` rows) unless it must pay and does not: unless a
@@ -223,6 +231,8 @@ class Batcher:
         of the same shapes when batching is on. ``slot``, held by the caller, is given back while the
         request waits (see the module docstring)."""
         rows, ids, max_ids = _rows(feeds), sum(a.size for a in feeds.values()), self.max_ids
+        if rows is None:  # inputs of different rows: refused by the runtime as sent, never batched
+            return self.runtime.run(feeds, outputs=names)
         if not self.enabled or rows == 0 or rows >= self.max_rows or ids >= max_ids:
             return self._run(feeds, names, self.min_rows)
         key = _key(feeds, names)
@@ -290,7 +300,7 @@ class Batcher:
         """One inference on at least ``min_rows`` rows (the last row repeated); the rows of ``feeds``.
         Raises when an output does not have one row per input row (it cannot be split)."""
         rows = _rows(feeds)
-        if rows == 0:  # nothing to pad or split: the runtime's own empty answer
+        if not rows:  # nothing to pad or split (no rows, or inputs of different rows): the runtime's answer
             return self.runtime.run(feeds, outputs=names)
         if rows < min_rows:
             extra = min_rows - rows

@@ -160,7 +160,10 @@ class ServedModel:
     def warm_up(self) -> None:
         """Run one inference and mark the model ready; a failure is logged and leaves it not ready. With
         batching, the batcher's probe batch is that inference; else (or when it fails) one row of
-        :func:`warm_up_feeds`."""
+        :func:`warm_up_feeds`. A model already ready (an app started again) is not warmed up again, so its
+        batching decision stays the one requests were served with."""
+        if self.ready:
+            return
         start = perf_counter()
         try:
             if self.batcher is None or not self.batcher.probe():

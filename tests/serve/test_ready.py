@@ -121,7 +121,9 @@ def test_an_app_serves_through_a_second_lifespan(model_paths: dict[str, Path]) -
 
     async def one_lifespan() -> tuple[int, bytes]:
         async with app.router.lifespan_context(app):
-            app.state.handlers.warm_up()
+            deadline = time.monotonic() + 60
+            while not app.state.handlers.is_ready() and time.monotonic() < deadline:
+                await anyio.sleep(0.01)  # the lifespan's own warm-up thread
             return await _asgi(app, "POST", "/v2/models/words/infer", body.encode())
 
     for _ in range(2):
