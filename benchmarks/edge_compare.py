@@ -242,9 +242,9 @@ def session_variants(model: str, path: Path, ids: np.ndarray, budget: float) -> 
 
     stats = measure({name: floor_call(path, ids, **settings) for name, settings in SESSION_VARIANTS.items()},
                     budget=budget)  # fmt: skip
-    ops: dict[str, int] = {}
-    for node in onnx.load(str(path)).graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    from exporters.report import op_counts
+
+    ops = op_counts(onnx.load(str(path)).graph.node)
     return Variants(model, {name: s.median for name, s in stats.items()}, ops)
 
 

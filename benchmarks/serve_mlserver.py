@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import psutil
 from _docs import write_between
-from serve_load import ROOT, _client, _load, free_port
+from serve_load import ROOT, _client, _load, free_port, make_request
 
 import embed_runtime
 
@@ -287,11 +287,7 @@ def side_by_side(args: argparse.Namespace, tmp: Path) -> dict | None:
     for model in MODELS:
         path = ROOT / "models" / model / "model.onnx"
         rt = embed_runtime.load(path)
-        rng = np.random.default_rng(0)
-        feeds = {
-            s.name: rng.integers(1, s.input_dim or 2, (1, s.shape[1] or args.seq), dtype=np.int64)
-            for s in rt.inputs
-        }
+        feeds = make_request(rt, 1, args.seq)[0]
         window = (BATCH, args.batch_window_ms / 1000)
         groups: list[tuple[tuple[int, ...], tuple[int, float] | None, tuple[int, ...]]]
         groups = [((1, 2), None, CONCURRENCY)]  # our workers, the batching of all, the concurrency

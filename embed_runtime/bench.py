@@ -33,6 +33,7 @@ import onnxruntime as ort
 
 from . import Runtime, RuntimeOptions, load
 from .cli_common import add_session_arguments, make_parser, run_command
+from .lookup import arranged_ids
 from .timing import (
     FLOOR,
     NP_TAKE,
@@ -114,9 +115,7 @@ def lookup_table(rt: Runtime, max_bytes: int = TABLE_BYTES_CAP) -> np.ndarray:
             f"the table behind {output!r} ({rows} rows, {size / 2**20:.0f} MiB) is over the "
             f"{max_bytes / 2**20:.0f} MiB this benchmark copies"
         )
-    ids = np.zeros(-(-rows // length) * length, dtype=first.dtype)
-    ids[:rows] = np.arange(rows)
-    return run(ids.reshape(-1, length)).reshape(-1, probe.shape[2])[:rows]
+    return run(arranged_ids(rows, length, first.dtype)).reshape(-1, probe.shape[2])[:rows]
 
 
 def as_ids(feeds: dict[str, np.ndarray]) -> Ids:

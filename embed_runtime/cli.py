@@ -149,7 +149,9 @@ def _read_inputs(args: argparse.Namespace) -> Any:
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"--ids is not valid JSON: {exc}") from None
         except RecursionError:
-            raise InvalidInputError("--ids is JSON nested too deep; ids are a (batch, seq) list of lists") from None
+            raise InvalidInputError(
+                "--ids is JSON nested too deep; ids are a (batch, seq) list of lists"
+            ) from None
     path: Path = args.input
     if not path.is_file():
         raise InvalidInputError(f"--input file not found: {path}")

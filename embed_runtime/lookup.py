@@ -24,13 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from .binding import Results
 from .contract import ModelMetadata
 from .conversion import MAX_IDS
 from .inputs import SMALL_BATCH_IDS, range_plan
 from .options import RuntimeOptions
 from .tensors import TensorInfo, stand_in
-
-Results = dict[str, np.ndarray]
 
 
 class LookupWarning(RuntimeWarning):
@@ -119,11 +118,9 @@ def hot_path(parts: dict[str, Part], info: TensorInfo) -> HotPath:
     return run_hot
 
 
-def _arranged(info: TensorInfo, rows: int) -> np.ndarray:
-    """Every id ``0 .. rows - 1`` once, shaped as ``info`` takes them: ``(-1, length)`` padded with id 0 for
-    a fixed length, one row otherwise."""
-    length = info.input_length or rows
-    ids = np.zeros(-(-rows // length) * length, dtype=info.dtype)
+def arranged_ids(rows: int, length: int, dtype: np.dtype) -> np.ndarray:
+    """Every id ``0 .. rows - 1`` once, in rows of ``length`` ids, the last row padded with id 0."""
+    ids = np.zeros(-(-rows // length) * length, dtype=dtype)
     ids[:rows] = np.arange(rows)
     return ids.reshape(-1, length)
 
@@ -157,7 +154,7 @@ def _read_tables(
             raise TooBig(
                 f"its lookup tables hold more than RuntimeOptions.lookup_max_bytes={max_bytes:,} bytes"
             )
-        ids = _arranged(info, emb.input_dim)
+        ids = arranged_ids(emb.input_dim, info.input_length or emb.input_dim, info.dtype)  # one row if free
         try:
             (rows,) = session.run([out.name], _feeds(inputs, info.name, ids))
         except Exception as exc:

@@ -220,7 +220,10 @@ class GraphStrings:
 
 def is_text(value: Any) -> bool:
     """Whether ``value`` is meant as text: a string, a list/tuple whose first item (or its first item) is
-    one, or a numpy array of ``str``/``bytes`` (or ``object`` starting with a string)."""
+    one, or a numpy array of ``str``/``bytes`` (or ``object`` starting with a string); an empty list or
+    tuple is an empty batch of texts."""
+    if isinstance(value, (list, tuple)) and not value:
+        return True
     for _ in range(3):
         if isinstance(value, _TEXT_TYPES):
             return True
@@ -305,8 +308,7 @@ class TextFrontEnd:
         strings = self.graph_strings.get(name)
         if strings is not None:  # the graph takes strings only: anything else gets the text errors
             return strings(value, check)
-        texts = is_text(value) or (isinstance(value, (list, tuple)) and not value)  # [] : no texts
-        return self.tokenizers[name](value, check) if name in self.tokenizers and texts else value
+        return self.tokenizers[name](value, check) if name in self.tokenizers and is_text(value) else value
 
     def tokenize(self, texts: Any) -> tuple[Any, Any]:
         """(ids, mask) the model will see for ``texts`` (a batch, or a dict of batches by input name):

@@ -17,7 +17,7 @@ def sequence_dim(input_name: str, lengths: dict[str, int | None]) -> int | str:
     return "sequence" if len(lengths) == 1 else f"{input_name}_sequence"
 
 
-def _set_dim(dim: onnx.TensorShapeProto.Dimension, value: int | str) -> None:
+def set_dim(dim: onnx.TensorShapeProto.Dimension, value: int | str) -> None:
     """Make ``dim`` the size ``value`` (an int) or the axis name ``value`` (a str)."""
     dim.Clear()
     if isinstance(value, int):
@@ -30,8 +30,8 @@ def set_io_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
     """Name the axes: inputs ``(batch, sequence_dim)``; outputs' first axis ``batch``."""
     for inp in model.graph.input:
         dims = inp.type.tensor_type.shape.dim
-        _set_dim(dims[0], "batch")
-        _set_dim(dims[1], sequence_dim(inp.name, lengths))
+        set_dim(dims[0], "batch")
+        set_dim(dims[1], sequence_dim(inp.name, lengths))
     inferred = _inferred_output_dims(model)
     for out in model.graph.output:
         dims = out.type.tensor_type.shape.dim
@@ -39,9 +39,9 @@ def set_io_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
         if better is not None and len(better) == len(dims):
             for dim, new in zip(dims, better):
                 if dim.dim_param.startswith("unk__") and new is not None:
-                    _set_dim(dim, new)
+                    set_dim(dim, new)
         if dims:
-            _set_dim(dims[0], "batch")
+            set_dim(dims[0], "batch")
 
 
 def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -> None:
@@ -80,7 +80,7 @@ def name_tracking_dims(model: onnx.ModelProto, lengths: dict[str, int | None]) -
                 continue
             match = [n for n in dynamic if all(shapes[i][axis] == trial[n] for trial, shapes in runs)]
             if len(match) == 1:
-                _set_dim(dim, str(sequence_dim(match[0], lengths)))
+                set_dim(dim, str(sequence_dim(match[0], lengths)))
 
 
 def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:

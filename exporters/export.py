@@ -114,10 +114,10 @@ def export_keras(
             rewrite_pass(state)
     with open_writer(out, state.model, state.stand_ins) as writer:
         measured = measure_tables(state.keras, state.compact, table_dtype) if verify else []
-        checks = run_checks(state, writer.session(state.model), atol, seed, measured) if verify else None
+        session = writer.session(state.model) if verify else None
+        checks = run_checks(state, session, atol, seed, measured) if session is not None else None
         if front is not None:  # the lookup into the graph where it is exact; then Keras on strings
-            session_of = writer.session if verify else None
-            text_specs = text.finish(front, state, text_specs[0], session_of, atol, measured)
+            text_specs = text.finish(front, state, text_specs[0], session, writer.session, atol, measured)
         versions = finalize(state, checks[0] if checks else None, text_props(text_specs))
         written = writer.write(state.model)
     return make_report(out, keras.flavour, state.model, state.embeddings, checks, versions, written, start)

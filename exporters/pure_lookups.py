@@ -24,14 +24,10 @@ from typing import TYPE_CHECKING
 import onnx
 
 from .quantize import scale_name
-from .rewrite import producers_of
+from .rewrite import int_attr, producers_of
 
 if TYPE_CHECKING:
     from .passes import ExportState
-
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 class _Graph:
@@ -55,7 +51,7 @@ class _Graph:
         shape = self.shapes.get(table)
         return (
             list(node.input) == [table, ids]
-            and _attr(node, "axis", 0) == 0
+            and int_attr(node, "axis", 0) == 0
             and ids in self.inputs
             and shape is not None
             and len(shape) == 2

@@ -189,7 +189,7 @@ def _rewrite_readers(graph: onnx.GraphProto, table: str, table_dtype: str) -> No
     nodes: list[onnx.NodeProto] = []
     whole: str | None = None
     for node in graph.node:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        axis = rewrite.int_attr(node, "axis", 0)
         if node.op_type == "Gather" and node.input[0] == table and axis == 0:
             nodes += _lookup_nodes(table, node.input[1], node.output[0], table_dtype)
             continue

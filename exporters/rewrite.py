@@ -86,11 +86,16 @@ def strip_initializer_inputs(model: onnx.ModelProto) -> None:
     model.graph.input.extend(keep)
 
 
+def int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    """The integer attribute ``name`` of ``node``, or ``default`` when it is not set."""
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
 def lookups(model: onnx.ModelProto, table_name: str) -> list[onnx.NodeProto]:
     """The top-level ``Gather`` nodes that read rows of ``table_name``."""
     found = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == table_name]
     for node in found:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        axis = int_attr(node, "axis", 0)
         if axis != 0:
             raise ExportError(f"Gather {node.name!r} reads the table along axis {axis}, not rows")
     return found

@@ -33,6 +33,7 @@ from embed_runtime.contract import TextSpec
 from embed_runtime.text import GraphStrings
 
 from . import rewrite
+from .dims import set_dim
 from .errors import ExportError
 from .passes import ExportState
 
@@ -118,8 +119,7 @@ def move_into_graph(state: ExportState, front: Any, spec: TextSpec) -> tuple[Tex
     length = 1
     if spec.layer_class == "TextVectorization":  # texts (batch, 1) -> ids (batch, length), length static
         length = tensor.shape.dim[1].dim_value  # output_sequence_length, or 1 (exporters.text.split_front)
-        tensor.shape.dim[1].Clear()
-        tensor.shape.dim[1].dim_value = 1
+        set_dim(tensor.shape.dim[1], 1)
     nodes, initializers = lookup_nodes(spec, spec.input, ids, length)
     prove(front.layer, spec, nodes, initializers, rewrite.opset_of(state.model))
     rest = list(graph.node)

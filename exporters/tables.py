@@ -106,7 +106,7 @@ def swapped_tables() -> Iterator[TablePut]:
     when the block ends, however it ends, each layer gets back what it held there, the last put first.
 
     The one way the exporter swaps a table (:func:`tracing`, :func:`exporters.large.stand_ins`,
-    :func:`exporters.large.read_once`, :func:`exporters.verify.holding`): set on the instance with
+    :func:`exporters.large.read_once`, :func:`exporters.verify.dequantized`): set on the instance with
     ``object.__setattr__``, so Keras's attribute tracking and the model's weights list never see it, and
     the user's variables are never written.
     """

@@ -214,21 +214,26 @@ def finish(
     front: TextFront,
     state: ExportState,
     spec: TextSpec,
-    session_of: Callable[[onnx.ModelProto], Any] | None,
+    session: Any | None,
+    session_of: Callable[[onnx.ModelProto], Any],
     atol: float,
     measured: Sequence[MeasuredTable],
 ) -> list[TextSpec]:
     """After the id graph's checks: the lookup into ``state.model`` where it is exact (proven against the
-    layer, :func:`exporters.string_lookup.move_into_graph`), then, when ``session_of`` (the writer's
-    session of the graph as it will be stored) is given, :func:`check_strings` on that graph, Keras
+    layer, :func:`exporters.string_lookup.move_into_graph`), then, when ``session`` (the checks' session of
+    the id graph as it will be stored; ``None``: no checks) is given, :func:`check_strings` on the graph:
+    that session when the lookup stayed declared, else a new one of the changed graph (``session_of``,
+    the writer's), Keras
     holding the dequantized tables ``measured`` where the graph has compact ones (as
     :func:`exporters.verify.compare_compact`, with the same measurement; ``front.model`` shares its
     layers with the id model).
     Returns the text specs to declare."""
     spec, masks = string_lookup.move_into_graph(state, front, spec)
-    if session_of is not None:
+    if session is not None:
+        if spec.in_graph:
+            session = session_of(state.model)
         with dequantized(state.keras, measured):
-            check_strings(front, spec, session_of(state.model), state.keras.output_names, atol, masks)
+            check_strings(front, spec, session, state.keras.output_names, atol, masks)
     return [spec]
 
 

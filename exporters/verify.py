@@ -238,18 +238,6 @@ def measure_table(emb: EmbeddingLayer, attribute: str, table_dtype: str) -> tupl
     return deq, error
 
 
-@contextmanager
-def holding(tables: Sequence[tuple[EmbeddingLayer, np.ndarray]], attribute: str) -> Iterator[None]:
-    """While the block runs, each layer of ``tables`` (``(layer, values)``) holds ``values`` as its table
-    in ``attribute`` (:func:`exporters.tables.swapped_tables`); the tables are back afterwards."""
-    import tensorflow as tf
-
-    with swapped_tables() as put:
-        for emb, values in tables:
-            put(emb, attribute, tf.convert_to_tensor(values))
-        yield
-
-
 @dataclass(frozen=True)
 class MeasuredTable:
     """One compact table as :func:`measure_table` measured it: the dequantized ``values`` its layer holds
@@ -271,8 +259,13 @@ def measure_tables(
 @contextmanager
 def dequantized(info: KerasModelInfo, measured: Sequence[MeasuredTable]) -> Iterator[None]:
     """While the block runs, the layer of each ``measured`` table holds its dequantized values, what the
-    graph computes (:func:`holding`)."""
-    with holding([(m.layer, m.values) for m in measured], table_attribute(info.flavour)):
+    graph computes (:func:`exporters.tables.swapped_tables`); the tables are back afterwards."""
+    import tensorflow as tf
+
+    attribute = table_attribute(info.flavour)
+    with swapped_tables() as put:
+        for m in measured:
+            put(m.layer, attribute, tf.convert_to_tensor(m.values))
         yield
 
 

@@ -353,7 +353,6 @@ def build_app(args: argparse.Namespace, workers: WorkerBoard | None = None) -> S
         limits=limits,
         model_limits=model_limits,
         grpc_address=None if args.grpc_port is None else f"{_host(args.host)}:{args.grpc_port}",
-        grpc_reuse_port=workers is not None,
         graceful_timeout=args.graceful_timeout,
         batching=batching,
         model_batching=model_batching,

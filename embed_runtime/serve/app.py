@@ -76,7 +76,6 @@ class ServeConfig:
         model_limits: ... but those named here.
         grpc_address: ``host:port`` to serve the gRPC API on (:mod:`~embed_runtime.serve.grpc`), started
             and stopped with the app; ``None``: no gRPC.
-        grpc_reuse_port: bind it with ``SO_REUSEPORT`` (the workers of ``--workers N`` share the port).
         graceful_timeout: seconds in-flight gRPC calls get to finish when the app stops.
         batching: dynamic batching (:mod:`~embed_runtime.serve.batcher`) of every model (``None``: off;
             the default batches a model where its warm-up finds it pays) ...
@@ -89,7 +88,6 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     grpc_address: str | None = None
-    grpc_reuse_port: bool = False
     graceful_timeout: float = 30.0
     batching: BatchSettings | None = AUTO
     model_batching: Mapping[str, BatchSettings | None] = field(default_factory=dict)

@@ -201,16 +201,13 @@ class Batcher:
                 alone = min(self._seconds(one, min_rows) for _ in range(3))
                 saved = alone - min(self._seconds(feeds, 1) for _ in range(2)) / PROBE_ROWS
             except Exception as exc:
-                logger.info(
-                    "model %r: dynamic batching stays off: timing the probe failed: %s", self.name, exc
-                )
+                self._stays_off(f"timing the probe failed: {exc}")
                 return
             gain = f"a batch of {PROBE_ROWS} rows saves {saved * 1e6:.0f} us of run time per request"
             if saved < PAYS_S:
-                logger.info(
-                    "model %r: dynamic batching stays off: it does not pay (%s, under %.0f us; "
-                    "--max-batch-size N turns it on)", self.name, gain, PAYS_S * 1e6,
-                )  # fmt: skip
+                self._stays_off(
+                    f"it does not pay ({gain}, under {PAYS_S * 1e6:.0f} us; --max-batch-size N turns it on)"
+                )
                 return
             gain = "; " + gain
         self.enabled, self.min_rows = True, min_rows
@@ -231,9 +228,9 @@ class Batcher:
         of the same shapes when batching is on. ``slot``, held by the caller, is given back while the
         request waits (see the module docstring)."""
         rows, ids, max_ids = _rows(feeds), sum(a.size for a in feeds.values()), self.max_ids
-        if rows is None:  # inputs of different rows: refused by the runtime as sent, never batched
+        if not self.enabled or not rows:  # off, no rows, or inputs of different rows (refused as sent)
             return self.runtime.run(feeds, outputs=names)
-        if not self.enabled or rows == 0 or rows >= self.max_rows or ids >= max_ids:
+        if rows >= self.max_rows or ids >= max_ids:
             return self._run(feeds, names, self.min_rows)
         key = _key(feeds, names)
         with self._lock:
@@ -297,11 +294,10 @@ class Batcher:
         return outcomes
 
     def _run(self, feeds: Feeds, names: Sequence[str] | None, min_rows: int) -> Results:
-        """One inference on at least ``min_rows`` rows (the last row repeated); the rows of ``feeds``.
-        Raises when an output does not have one row per input row (it cannot be split)."""
-        rows = _rows(feeds)
-        if not rows:  # nothing to pad or split (no rows, or inputs of different rows): the runtime's answer
-            return self.runtime.run(feeds, outputs=names)
+        """One inference on at least ``min_rows`` rows (the last row repeated); the rows of ``feeds``, which
+        has one or more rows in every input. Raises when an output does not have one row per input row (it
+        cannot be split)."""
+        rows = len(next(iter(feeds.values())))
         if rows < min_rows:
             extra = min_rows - rows
             feeds = {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in feeds.items()}

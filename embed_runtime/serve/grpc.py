@@ -321,7 +321,7 @@ def start_grpc_server(handlers: InferenceApp, address: str) -> Any:
             ("grpc.max_receive_message_length", handlers.config.max_body_bytes),
             ("grpc.max_send_message_length", -1),  # responses are bounded by --max-output-mb
             # a port in use is an error, not a second listener, but for the workers of --workers N
-            ("grpc.so_reuseport", int(handlers.config.grpc_reuse_port)),
+            ("grpc.so_reuseport", int(handlers.workers is not None)),
         ],
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))

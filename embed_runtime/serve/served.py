@@ -263,7 +263,7 @@ class ServedModel:
         if names == self.output_names:
             names = None  # every output, in the graph's order: the runtime's default
         start = perf_counter()
-        if self.batcher is None or not self.batcher.enabled:
+        if self.batcher is None:
             results = self.runtime.run(inputs, outputs=names)
         else:
             results = self.batcher.run(inputs, names, slot)
