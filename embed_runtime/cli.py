@@ -141,8 +141,10 @@ def _info_data_files(rt: Runtime) -> int:
 
 
 def _read_inputs(args: argparse.Namespace) -> Any:
-    if args.text is not None:
-        return args.text
+    if (
+        args.text is not None
+    ):  # the bytes given (Python decodes argv with surrogateescape): UTF-8 checked there
+        return [text.encode("utf-8", "surrogateescape") for text in args.text]
     if args.ids is not None:
         try:
             return json.loads(args.ids)

@@ -122,7 +122,10 @@ class InferenceApp:
     ) -> None:
         on_disk = repository.names() if repository else []
         names = [*models, *on_disk]
-        for what, named in (("limits are", config.model_limits), ("batching is", config.model_batching)):
+        for what, named in (
+            ("limits are", config.model_limits),
+            ("batching (--max-batch-size, --max-queue-delay-us) is", config.model_batching),
+        ):
             unknown = sorted(set(named) - set(names))
             if unknown:
                 raise ConfigurationError(

@@ -225,6 +225,15 @@ def test_cli_run_text(text_model: Built, capsys: pytest.CaptureFixture[str]) -> 
     assert "mask: bool(2, 2)" in out and "[[ True  True]\n [ True False]]" in out
 
 
+def test_cli_text_that_is_not_utf8_says_so(text_model: Built, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --text argument that is not UTF-8 (Python hands it over with surrogateescape) is reported as the
+    bytes the user gave, as the API reports bytes, not as a surrogate."""
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")  # what os.fsdecode makes of Latin-1 "café"
+    assert cli.main(["run", str(text_model.path), "--text", bad, "--providers", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "surrogates" not in err, err
+
+
 def test_string_lookup_rows_of_tokens() -> None:
     lookup = replace(SPEC, layer_class="StringLookup", standardize=None, split=None, mask_token=None,
                      vocabulary=("[UNK]", "the", "The", "cat"))  # fmt: skip

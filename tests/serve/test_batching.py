@@ -455,3 +455,13 @@ def test_served_concurrently_equals_served_alone(urls: tuple[str, str], protocol
     batched = _concurrently(lambda ids: call(url, ids), requests)
     for ids, got in zip(requests, batched, strict=True):
         assert np.array_equal(got, call(url, ids))
+
+
+def test_batching_for_a_model_not_served_names_the_options() -> None:
+    """`--max-queue-delay-us zzz=5` for no model `zzz`: the error says which options named it."""
+    from embed_runtime.serve import ServeConfig, create_app
+
+    with pytest.raises(ConfigurationError, match=re.escape(
+        "batching (--max-batch-size, --max-queue-delay-us) is given for model(s) 'zzz', which are not served"
+    )):  # fmt: skip
+        create_app({"seed": _load("seed")}, ServeConfig(model_batching={"zzz": AUTO}))
